@@ -32,21 +32,30 @@ class Batch:
         return int(self.input_ids.size)
 
 
-def plan_batches(lengths: Sequence[int] | np.ndarray, token_budget: int, max_rows: int = MAX_ROWS_PER_BATCH) -> list[tuple[int, int]]:
+def plan_batches(
+    lengths: Sequence[int] | np.ndarray, token_budget: int, max_rows: int = MAX_ROWS_PER_BATCH, max_padding: float = 0.05
+) -> list[tuple[int, int]]:
     """Consecutive [start, end) slices whose padded size stays within the budget.
 
     `lengths` should already be sorted (ascending): the planner keeps the input order so rows can be
-    written back in place. A single row longer than the budget gets a batch of its own.
+    written back in place. A batch also ends early when the next row would push its padding past
+    `max_padding`, once the batch is big enough (an eighth of the budget) to keep the device busy.
+    A single row longer than the budget gets a batch of its own.
     """
     lengths = np.asarray(lengths)
     slices: list[tuple[int, int]] = []
-    start, longest = 0, 0
+    start, longest, real = 0, 0, 0
+    worth_a_batch = token_budget // 8
     for i, length in enumerate(lengths.tolist()):
         candidate = max(longest, length)
-        if i > start and (candidate * (i - start + 1) > token_budget or i - start >= max_rows):
+        rows = i - start + 1
+        padded = candidate * rows
+        too_padded = padded and 1 - (real + length) / padded > max_padding and longest * (rows - 1) >= worth_a_batch
+        if i > start and (padded > token_budget or rows > max_rows or too_padded):
             slices.append((start, i))
-            start, candidate = i, length
+            start, candidate, real = i, length, 0
         longest = candidate
+        real += length
     if start < len(lengths):
         slices.append((start, len(lengths)))
     return slices

@@ -1,0 +1,5 @@
+"""One dynamic partition per landed batch of documents."""
+
+import dagster as dg
+
+batches = dg.DynamicPartitionsDefinition(name="batches")
