@@ -1,0 +1,41 @@
+# Two commands for a fresh clone: `make demo` and `make test`. Each sets up .venv itself.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+DATA := $(CURDIR)/data
+SHELL := /bin/bash
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install demo test ui clean
+
+install: $(VENV)/.installed
+
+# torch first and pinned: this takes the CPU build where one is offered locally and the CUDA
+# build of the same release from PyPI on a GPU machine; the project then pins the same version.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+demo: install
+	mkdir -p $(DATA)/dagster_home
+	export DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake EMBEDDING_SETTLE_SECONDS=0; \
+	set -eo pipefail; \
+	$(BIN)/embedding-assets demo-corpus --batch demo; \
+	$(BIN)/embedding-assets sync; \
+	$(BIN)/dagster asset materialize -m embedding_assets.definitions --select '*document_embeddings' --partition demo 2>&1 \
+	  | grep -E 'STEP_SUCCESS|STEP_FAILURE|RUN_SUCCESS|RUN_FAILURE|ASSET_CHECK_EVALUATION|embeddings demo:|loaded |rejected |Error'; \
+	$(BIN)/embedding-assets summary --batch demo; \
+	$(BIN)/embedding-assets search "how do I parse a JSON string" --batch demo -k 5
+
+test: install
+	$(BIN)/python -m pytest -q
+
+ui: install
+	mkdir -p $(DATA)/dagster_home
+	DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake $(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(DATA)
