@@ -19,8 +19,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
-demo: install
+$(DATA)/dagster_home/dagster.yaml: dagster.yaml
 	mkdir -p $(DATA)/dagster_home
+	cp -n dagster.yaml $@ || true
+
+demo: install $(DATA)/dagster_home/dagster.yaml
 	export DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake EMBEDDING_SETTLE_SECONDS=0; \
 	set -eo pipefail; \
 	$(BIN)/embedding-assets demo-corpus --batch demo; \
@@ -33,8 +36,7 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
-ui: install
-	mkdir -p $(DATA)/dagster_home
+ui: install $(DATA)/dagster_home/dagster.yaml
 	DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake $(BIN)/dagster dev -w workspace.yaml
 
 clean:

@@ -113,9 +113,13 @@ def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: Mod
     fingerprint. Only chunks whose text has no vector under the current fingerprint are embedded;
     progress is committed at least every EMBEDDING_COMMIT_SECONDS, and the partition is swapped in
     with one commit that also drops vectors of chunks that no longer exist."""
-    engine = model.engine(log=context.log.info)
     batch = context.partition_key
-    result = pipeline.embed_batch(lake.lake, batch, engine, commit_seconds=lake.commit_seconds, log=context.log.info)
+    engine = model.engine(log=context.log.info)
+    try:
+        with delta.partition_lock(lake.lake, pipeline.EMBEDDINGS, batch):
+            result = pipeline.embed_batch(lake.lake, batch, engine, commit_seconds=lake.commit_seconds, log=context.log.info)
+    except delta.PartitionBusy as exc:
+        raise dg.Failure(f"{exc}; this step retries once that run is done", allow_retries=True) from exc
     checks = list(check_embeddings(lake.lake, batch, engine))
     yield dg.MaterializeResult(metadata=_metadata(result, pipeline.EMBEDDINGS, lake.lake), check_results=checks)
 

@@ -8,8 +8,10 @@ one partition and to the columns asked for, and can stream record batches.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import socket
 import time
 from typing import Iterable, Iterator
 
@@ -133,9 +135,16 @@ def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, 
         if transaction_version(root, name, app_id) >= version:
             return
         props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
-    _commit_with_retry(
-        lambda: write_deltalake(table_uri(root, name), data, mode="append", partition_by=["batch"], storage_options=storage_options(root), commit_properties=props)
-    )
+    try:
+        _commit_with_retry(
+            lambda: write_deltalake(table_uri(root, name), data, mode="append", partition_by=["batch"], storage_options=storage_options(root), commit_properties=props)
+        )
+    except Exception:
+        # The commit may have landed before the error reached us (a timeout, a lost reply):
+        # the transaction version says whether it did, so a retry never writes the rows twice.
+        if app_transaction and transaction_version(root, name, app_transaction[0]) >= app_transaction[1]:
+            return
+        raise
 
 
 def transaction_version(root: str, name: str, app_id: str) -> int:
@@ -163,6 +172,45 @@ def partitions(root: str, name: str) -> list[str]:
     if not exists(root, name):
         return []
     return sorted({p["batch"] for p in open_table(root, name).partitions()})
+
+
+class PartitionBusy(RuntimeError):
+    pass
+
+
+@contextlib.contextmanager
+def partition_lock(root: str, name: str, batch: str):
+    """Holds an exclusive lock on one partition of a local lake for the life of the block.
+
+    The lock is an OS file lock, so a killed process releases it at once. On object storage this
+    is a no-op: there, runs go through Dagster's run queue, whose per-partition limit (see
+    dagster.yaml and k8s/values.yaml) keeps two runs of one batch from running at once.
+    """
+    if "://" in root and not root.startswith("file://"):
+        yield
+        return
+    import fcntl
+
+    folder = os.path.join(os.path.abspath(os.path.expanduser(root.removeprefix("file://"))), "_locks")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{name}.{validate_batch(batch)}.lock")
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise PartitionBusy(f"{name} for batch {batch!r} is being written by {holder}") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def concat_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:

@@ -430,10 +430,11 @@ def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int
     existing = lake.read_partition(lake_root, EMBEDDINGS, batch, columns=["text_hash", "embedding", "embedded_at"], filter=same_model)
     parts = [t for t in (staged, existing) if t is not None and t.num_rows]
     if parts:
-        vectors = pa.concat_tables([p.cast(parts[0].schema) for p in parts])
-        # First occurrence wins: staged vectors (this fingerprint, fresh) before older rows.
-        first = pc.index_in(pc.unique(vectors.column("text_hash")), vectors.column("text_hash"))
-        vectors = vectors.take(first)
+        vectors = pa.concat_tables([p if p.schema.equals(parts[0].schema) else p.cast(parts[0].schema) for p in parts])
+        unique = pc.unique(vectors.column("text_hash"))
+        if len(unique) != vectors.num_rows:
+            # First occurrence wins: staged vectors (this fingerprint, fresh) before older rows.
+            vectors = vectors.take(pc.index_in(unique, vectors.column("text_hash")))
     else:
         vectors = pa.table({"text_hash": pa.array([], pa.string())})
     index = pc.index_in(meta.column("text_hash"), vectors.column("text_hash"))
