@@ -15,7 +15,7 @@ MODULES = [
 ]
 
 
-def build_demo_corpus(out_dir: str, modules: list[str] | None = None, max_chars: int = 12_000) -> dict:
+def build_demo_corpus(out_dir: str, modules: list[str] | None = None, max_chars: int = 6_000) -> dict:
     """Writes one .txt per module (its pydoc page) and one .jsonl of function docstrings."""
     os.makedirs(out_dir, exist_ok=True)
     written, records = 0, 0

@@ -99,7 +99,9 @@ class TorchBackend:
     def __init__(self, resolved: str, device: str, precision: str):
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        transformers_logging.disable_progress_bar()  # the run's log, not a terminal bar, reports progress
         self.device, self.precision = device, precision
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         if device == "cpu" and precision != "fp32":
