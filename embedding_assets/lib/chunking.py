@@ -21,7 +21,7 @@ from typing import Sequence
 
 from tokenizers import Tokenizer
 
-PARAGRAPH, SENTENCE, WORD, TOKEN = 3, 2, 1, 0
+PARAGRAPH, SENTENCE, WORD, TOKEN, NO_CUT = 3, 2, 1, 0, -1
 _SENTENCE_END = re.compile(r"[.!?。！？…:;][\"')\]»”’]*$")
 _BLANK_LINE = re.compile(r"\n[ \t\r\f\v]*\n")
 _CJK_SENTENCE_END = set("。！？")
@@ -58,7 +58,7 @@ class Chunker:
 
     def __init__(self, tokenizer: Tokenizer, max_tokens: int, overlap: int = 32, min_fill: float = 0.5):
         self.tokenizer = _plain_copy(tokenizer)
-        self.special_tokens = len(tokenizer.encode("", add_special_tokens=True).ids)
+        self.special_tokens = len(self.tokenizer.encode("", add_special_tokens=True).ids)
         if max_tokens <= self.special_tokens + 1:
             raise ValueError(f"max_tokens={max_tokens} leaves no room for text next to {self.special_tokens} special tokens")
         self.max_tokens = max_tokens
@@ -70,20 +70,21 @@ class Chunker:
 
     def split(self, text: str) -> list[Chunk]:
         encoding = self.tokenizer.encode(text, add_special_tokens=False)
-        offsets = [o for o in encoding.offsets]
+        offsets = encoding.offsets
         n = len(offsets)
         if n == 0:
             return []
         ranks = _cut_ranks(text, offsets)
-        spans: list[tuple[int, int]] = []
+        chunks: list[Chunk] = []
         start = 0
         while start < n:
             end = self._cut(ranks, start, n)
-            spans.append((start, end))
+            chunk, end = self._fit(text, offsets, ranks, start, end, len(chunks))
+            chunks.append(chunk)
             if end >= n:
                 break
             start = self._next_start(ranks, start, end)
-        return self._finish(text, offsets, spans)
+        return chunks
 
     def _cut(self, ranks: Sequence[int], start: int, n: int) -> int:
         """The end (exclusive token index) of the chunk that starts at `start`."""
@@ -97,7 +98,7 @@ class Chunker:
                 best, best_rank = i, ranks[i]
                 if best_rank == PARAGRAPH:
                     break
-        return best
+        return _cut_before(ranks, start, best)
 
     def _next_start(self, ranks: Sequence[int], start: int, end: int) -> int:
         if self.overlap == 0:
@@ -108,20 +109,33 @@ class Chunker:
                 return i
         return end
 
-    def _finish(self, text: str, offsets, spans) -> list[Chunk]:
-        chunks: list[Chunk] = []
-        for a, b in spans:
-            while True:
-                char_start, char_end = offsets[a][0], offsets[b - 1][1]
-                piece = text[char_start:char_end]
-                count = len(self.tokenizer.encode(piece, add_special_tokens=True).ids)
-                if count <= self.max_tokens or b - a == 1:
-                    break
-                # Re-tokenizing a piece that starts inside a word can add tokens: give some back.
-                b -= max(1, count - self.max_tokens)
-                b = max(b, a + 1)
-            chunks.append(Chunk(len(chunks), piece, char_start, char_end, count))
-        return chunks
+    def _fit(self, text: str, offsets, ranks, a: int, b: int, index: int) -> tuple[Chunk, int]:
+        """The chunk over tokens [a, b), trimmed until it re-tokenizes within the limit."""
+        while True:
+            char_start, char_end = offsets[a][0], offsets[b - 1][1]
+            piece = text[char_start:char_end]
+            count = len(self.tokenizer.encode(piece, add_special_tokens=True).ids)
+            if count <= self.max_tokens:
+                break
+            # Re-tokenizing a piece that starts inside a word can add tokens: give some back.
+            shorter = _cut_before(ranks, a, max(a + 1, b - max(1, count - self.max_tokens)))
+            if shorter >= b:
+                break
+            b = shorter
+        return Chunk(index, piece, char_start, char_end, count), b
+
+
+def _cut_before(ranks: Sequence[int], start: int, end: int) -> int:
+    """`end`, moved back (or, failing that, forward) off a gap inside one character."""
+    i = end
+    while i > start + 1 and ranks[i] == NO_CUT:
+        i -= 1
+    if ranks[i] != NO_CUT:
+        return i
+    i = end
+    while ranks[i] == NO_CUT:
+        i += 1
+    return i
 
 
 def _plain_copy(tokenizer: Tokenizer) -> Tokenizer:
@@ -138,7 +152,11 @@ def _cut_ranks(text: str, offsets) -> list[int]:
     ranks[len(offsets)] = PARAGRAPH
     for i in range(1, len(offsets)):
         prev_end, next_start = offsets[i - 1][1], offsets[i][0]
-        if next_start <= prev_end:
+        if next_start < prev_end:
+            # Two tokens of one character (e.g. the jamo of a Hangul syllable): never cut here.
+            ranks[i] = NO_CUT
+            continue
+        if next_start == prev_end:
             # No gap: a cut between two tokens of one word, unless punctuation or a CJK
             # character (a word on its own) sits on either side.
             before, after = text[prev_end - 1:prev_end], text[next_start:next_start + 1]
