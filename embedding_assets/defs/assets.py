@@ -18,7 +18,7 @@ from embedding_assets.lib import pipeline
 GROUP = "embedding"
 # Transient failures (a storage hiccup, a pod eviction) are retried with backoff; a bad batch
 # fails with `dg.Failure(allow_retries=False)` instead.
-RETRY = dg.RetryPolicy(max_retries=2, delay=10, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 
 
 def _metadata(numbers: dict, table: str, lake_root: str) -> dict:

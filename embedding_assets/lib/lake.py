@@ -109,13 +109,17 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     uri, options = table_uri(root, name), storage_options(root)
     if not exists(root, name):
         # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
+        # A one-shot reader cannot be replayed after losing that race, so for a reader the table
+        # is created empty first (no rows, no data files) and the rows go in the overwrite below.
+        streamed = isinstance(data, pa.RecordBatchReader)
         try:
-            write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props)
-            return
+            if streamed:
+                write_deltalake(uri, data.schema.empty_table(), mode="error", partition_by=["batch"], storage_options=options)
+            else:
+                write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props)
+                return
         except Exception:
             if not exists(root, name):
-                raise
-            if isinstance(data, pa.RecordBatchReader):
                 raise
     _commit_with_retry(
         lambda: write_deltalake(
@@ -131,14 +135,17 @@ def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, 
 
     props = None
     if app_transaction:
-        app_id, version = app_transaction
-        if transaction_version(root, name, app_id) >= version:
+        props = CommitProperties(app_transactions=[Transaction(app_id=app_transaction[0], version=app_transaction[1])])
+
+    def write() -> None:
+        # Checked before every attempt, retries included: an attempt that raised may still have
+        # committed, and delta-rs itself would happily append the same rows a second time.
+        if app_transaction and transaction_version(root, name, app_transaction[0]) >= app_transaction[1]:
             return
-        props = CommitProperties(app_transactions=[Transaction(app_id=app_id, version=version)])
+        write_deltalake(table_uri(root, name), data, mode="append", partition_by=["batch"], storage_options=storage_options(root), commit_properties=props)
+
     try:
-        _commit_with_retry(
-            lambda: write_deltalake(table_uri(root, name), data, mode="append", partition_by=["batch"], storage_options=storage_options(root), commit_properties=props)
-        )
+        _commit_with_retry(write)
     except Exception:
         # The commit may have landed before the error reached us (a timeout, a lost reply):
         # the transaction version says whether it did, so a retry never writes the rows twice.
