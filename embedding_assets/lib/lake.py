@@ -47,9 +47,15 @@ def storage_options(root: str) -> dict[str, str] | None:
 
 
 def exists(root: str, name: str) -> bool:
-    from deltalake import DeltaTable
+    # Not DeltaTable.is_deltatable: it holds the GIL through its storage round trips, which
+    # freezes every other thread (the prefetching reader, the sensor daemon) on object storage.
+    from deltalake.exceptions import TableNotFoundError
 
-    return DeltaTable.is_deltatable(table_uri(root, name), storage_options=storage_options(root))
+    try:
+        open_table(root, name)
+    except TableNotFoundError:
+        return False
+    return True
 
 
 def open_table(root: str, name: str):
@@ -173,6 +179,13 @@ def compact_partition(root: str, name: str, batch: str) -> dict:
     if not exists(root, name):
         return {}
     return open_table(root, name).optimize.compact(partition_filters=[("batch", "=", validate_batch(batch))])
+
+
+def vacuum(root: str, name: str, retention_hours: int) -> list[str]:
+    """Deletes data files that left the table more than `retention_hours` ago."""
+    if not exists(root, name):
+        return []
+    return open_table(root, name).vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
 
 
 def partitions(root: str, name: str) -> list[str]:

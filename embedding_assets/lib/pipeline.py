@@ -99,12 +99,11 @@ class _local_batch_dir:
         if "://" not in self.landing or self.landing.startswith("file://"):
             root = self.landing.removeprefix("file://")
             return os.path.join(os.path.expanduser(root), self.batch), []
-        from embedding_assets.lib.object_store import download_batch
+        from embedding_assets.lib.object_store import download_batch_with_reasons
 
         self._tmp = tempfile.TemporaryDirectory(prefix=f"batch-{self.batch}-")
-        skipped = download_batch(self.landing, self.batch, self._tmp.name, self.cap)
-        rejections = [Rejection(source=name, record=None, reason=f"file larger than the {self.cap} byte cap") for name in skipped]
-        return self._tmp.name, rejections
+        skipped = download_batch_with_reasons(self.landing, self.batch, self._tmp.name, self.cap)
+        return self._tmp.name, [Rejection(source=name, record=None, reason=reason) for name, reason in skipped]
 
     def __exit__(self, *exc):
         if self._tmp is not None:
@@ -351,7 +350,11 @@ def embed_batch(
         log(f"embedding {len(plan.to_embed)} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
         _embed_into_staging(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result)
     _swap_in(lake_root, batch, engine, meta)
-    lake.delete_partition(lake_root, STAGING, batch, f"model = '{_sql_quote(fingerprint)}'")
+    # Checkpoints are spent once the partition is swapped in (those of an abandoned fingerprint
+    # too: the partition lock means no other run of this batch is writing them).
+    lake.delete_partition(lake_root, STAGING, batch)
+    lake.compact_partition(lake_root, EMBEDDINGS, batch)
+    lake.vacuum(lake_root, STAGING, retention_hours=1)
     result.update(
         skipped=False,
         embedded_texts=stats.rows,
@@ -365,10 +368,6 @@ def embed_batch(
         duration_s=time.perf_counter() - started,
     )
     return result
-
-
-def _sql_quote(value: str) -> str:
-    return value.replace("'", "''")
 
 
 def _embed_into_staging(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result):
