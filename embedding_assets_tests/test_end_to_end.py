@@ -91,7 +91,9 @@ def test_rerun_embeds_only_what_changed(dirs, instance):
     batch_dir = os.path.join(dirs["landing"], BATCH)
     write_corpus(batch_dir)
     first = _metadata(_materialize(dirs, instance), "embeddings")
-    assert first["embedded_texts"] > 0
+    assert first["embedded_texts"] > 0 and first["commits"] > 1  # checkpointed after every batch
+    files = lake.open_table(dirs["lake"], "embeddings").file_uris()
+    assert len(files) == 1  # the periodic commits end as one compact file
 
     again = _metadata(_materialize(dirs, instance, selection=["embeddings"]), "embeddings")
     assert again["embedded_texts"] == 0 and again["skipped"] is True
