@@ -6,7 +6,6 @@ time, so a batch still being copied in is not picked up half-written.
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 
@@ -26,41 +25,16 @@ class LandedBatch:
 
 
 def landed_batches(landing_root: str) -> tuple[list[LandedBatch], list[str]]:
-    """(batches found, folder names that cannot be batch names) under the landing root."""
-    if "://" in landing_root and not landing_root.startswith("file://"):
-        from embedding_assets.lib.object_store import list_batches
+    """(batches found, folder names that cannot be batch names) under the landing root.
 
-        found = [LandedBatch(i.name, i.newest_mtime, i.ready_marker, i.n_files) for i in list_batches(landing_root).values()]
-    else:
-        found = _local_batches(os.path.expanduser(landing_root.removeprefix("file://")))
+    The landing root is a local folder or an object-storage prefix (s3://, gs://, az://).
+    """
+    from embedding_assets.lib.object_store import list_batches
+
+    found = [LandedBatch(i.name, i.newest_mtime, i.ready_marker, i.n_files) for i in list_batches(landing_root).values()]
     good = sorted((b for b in found if BATCH_NAME.match(b.name) and ".." not in b.name), key=lambda b: b.name)
     bad = sorted(b.name for b in found if not (BATCH_NAME.match(b.name) and ".." not in b.name))
     return good, bad
-
-
-def _local_batches(root: str) -> list[LandedBatch]:
-    if not os.path.isdir(root):
-        return []
-    batches = []
-    with os.scandir(root) as entries:
-        for entry in entries:
-            if entry.name.startswith((".", "_")) or not entry.is_dir(follow_symlinks=False):
-                continue
-            newest, count, marker = 0.0, 0, False
-            for folder, dirs, files in os.walk(entry.path):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                for name in files:
-                    if folder == entry.path and name == "_READY":
-                        marker = True
-                        continue
-                    try:
-                        stat = os.lstat(os.path.join(folder, name))
-                    except OSError:
-                        continue
-                    newest = max(newest, stat.st_mtime)
-                    count += 1
-            batches.append(LandedBatch(entry.name, newest, marker, count))
-    return batches
 
 
 def new_batches(landing_root: str, known: set[str], settle_seconds: float, now: float | None = None) -> tuple[list[str], list[str], list[str]]:
