@@ -19,6 +19,8 @@ GROUP = "embedding"
 # Transient failures (a storage hiccup, a pod eviction) are retried with backoff; a bad batch
 # fails with `dg.Failure(allow_retries=False)` instead.
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
+# What every stage shares: one partition per batch, one group, the retry policy.
+STAGE = {"partitions_def": batches, "group_name": GROUP, "retry_policy": RETRY}
 
 
 def _metadata(numbers: dict, table: str, lake_root: str) -> dict:
@@ -38,10 +40,8 @@ def _metadata(numbers: dict, table: str, lake_root: str) -> dict:
 
 
 @dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
+    **STAGE,
     op_tags=cpu_step_tags(),
-    retry_policy=RETRY,
     kinds={"deltalake"},
 )
 def raw_documents(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
@@ -56,11 +56,9 @@ def raw_documents(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.M
 
 
 @dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
+    **STAGE,
     deps=[raw_documents],
     op_tags=cpu_step_tags(),
-    retry_policy=RETRY,
     kinds={"deltalake"},
 )
 def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource) -> dg.MaterializeResult:
@@ -74,11 +72,9 @@ def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelRe
 
 
 @dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
+    **STAGE,
     deps=[chunks],
     op_tags=cpu_step_tags(),
-    retry_policy=RETRY,
     kinds={"deltalake"},
 )
 def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource) -> dg.MaterializeResult:
@@ -99,12 +95,10 @@ EMBEDDING_CHECKS = [
 
 
 @dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
+    **STAGE,
     deps=[length_buckets],
     op_tags=gpu_step_tags(),
     pool=GPU_POOL,
-    retry_policy=RETRY,
     check_specs=EMBEDDING_CHECKS,
     kinds={"deltalake", "pytorch"},
 )
@@ -139,11 +133,9 @@ def engine_normalizes(engine) -> bool:
 
 
 @dg.asset(
-    partitions_def=batches,
-    group_name=GROUP,
+    **STAGE,
     deps=[embeddings],
     op_tags=cpu_step_tags(),
-    retry_policy=RETRY,
     kinds={"deltalake"},
 )
 def document_embeddings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
