@@ -9,7 +9,9 @@ text), landed, ingested, chunked (our Chunker, at most 256 tokens, 32 overlap) a
 (length_buckets) with the project's own stage functions. The chunks table gives the texts in
 file order; length_buckets gives the token ids the engine reads.
 
-In process, alternating rounds (the order rotates each round; each method's best round counts):
+"In process": each method is loaded once in its own long-lived worker process (so torch's
+OpenMP threads and ONNX Runtime's never share a process or spin next to each other), then timed
+in alternating rounds (the order rotates each round; each method's best round counts):
   (a) plain    the loop from the guides: batches of 64 texts in file order through
                SentenceTransformer.encode (fp32, batch_size=64: one forward per 64 texts)
   (b) st-all   SentenceTransformer.encode over all texts at once (it sorts by length itself)
@@ -48,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 BATCH = "bench"
+PROTOCOL = "@@throughput@@ "
 
 PLAIN_SCRIPT = r"""
 import sys
@@ -76,7 +79,8 @@ def cpu_name() -> str:
 # ---------------------------------------------------------------- the corpus
 
 def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, overlap: int) -> dict:
-    from embedding_assets.lib import lake, pipeline
+    """Lands the demo corpus and runs raw_documents, chunks and length_buckets into workdir/lake."""
+    from embedding_assets.lib import pipeline
     from embedding_assets.lib.demo import MODULES, build_demo_corpus
     from embedding_assets.lib.model import load_tokenizer
 
@@ -93,7 +97,19 @@ def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, ove
     started = time.perf_counter()
     pipeline.bucket_batch(str(lake_root), BATCH, tokenizer, log=quiet)
     timings["length_buckets_s"] = time.perf_counter() - started
+    corpus = load_corpus(workdir)
+    corpus["documents"] = info["files"] - 1 + info["records"]
+    corpus["stage_seconds"] = timings
+    return corpus
 
+
+def load_corpus(workdir: Path) -> dict:
+    """The chunks in file order (texts) and the length-sorted token ids from length_buckets."""
+    import pyarrow.parquet as pq
+
+    from embedding_assets.lib import lake, pipeline
+
+    lake_root = workdir / "lake"
     chunks = lake.read_partition(str(lake_root), pipeline.CHUNKS, BATCH, columns=["doc_id", "chunk_index", "text", "text_hash"])
     order = sorted(range(chunks.num_rows), key=lambda i: (chunks.column("doc_id")[i].as_py(), chunks.column("chunk_index")[i].as_py()))
     chunks = chunks.take(order)  # file order: document by document, chunk by chunk
@@ -110,13 +126,11 @@ def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, ove
     file_to_sorted = np.array([position_of[h] for h in file_hashes])
     lengths_sorted = np.array([len(t) for t in sorted_ids])
     chunks_parquet = workdir / "chunks_file_order.parquet"
-    import pyarrow.parquet as pq
-
-    pq.write_table(chunks.select(["text_hash", "text"]), chunks_parquet)
+    if not chunks_parquet.exists():
+        pq.write_table(chunks.select(["text_hash", "text"]), chunks_parquet)
     return {
-        "landing": str(landing),
+        "landing": str(workdir / "landing"),
         "lake": str(lake_root),
-        "documents": info["files"] - 1 + info["records"],
         "texts": chunks.column("text").to_pylist(),
         "file_hashes": file_hashes,
         "sorted_ids": sorted_ids,
@@ -125,7 +139,6 @@ def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, ove
         "tokens": int(lengths_sorted.sum()),
         "distinct_texts": len(position_of),
         "chunks_parquet": str(chunks_parquet),
-        "stage_seconds": timings,
     }
 
 
@@ -156,52 +169,96 @@ def run_engine(engine, corpus: dict, budget: int):
     return out[corpus["file_to_sorted"]], stats.padded_fraction
 
 
-def in_process(corpus: dict, model: str, budget: int, rounds: int, backends: list[str], cache_dir: str, log=print) -> dict:
-    import torch
-    from sentence_transformers import SentenceTransformer
-
-    from embedding_assets.lib.engine import build_engine
+def make_method(name: str, corpus: dict, model: str, budget: int, cache_dir: str):
+    """(run() -> (vectors in file order, padded fraction), note) for one method, loaded and warmed up."""
     from embedding_assets.lib.model import resolve_model
 
     texts = corpus["texts"]
-    st = SentenceTransformer(resolve_model(model), device="cpu")
-    methods = {
-        "plain": (lambda: (np.concatenate([st.encode(texts[i:i + 64], batch_size=64) for i in range(0, len(texts), 64)]), padded_fraction_plain(corpus["lengths_file"]))),
-        "st-all": (lambda: (st.encode(texts), padded_fraction_st(texts, corpus["lengths_file"]))),
-    }
-    notes = {}
-    engines = []
-    for backend in backends:
+    if name in ("plain", "st-all"):
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(resolve_model(model), device="cpu")
+        st.encode(texts[:16])
+        if name == "plain":
+            return (lambda: (np.concatenate([st.encode(texts[i:i + 64], batch_size=64) for i in range(0, len(texts), 64)]), padded_fraction_plain(corpus["lengths_file"]))), None
+        return (lambda: (st.encode(texts), padded_fraction_st(texts, corpus["lengths_file"]))), None
+    from embedding_assets.lib.engine import build_engine
+
+    engine = build_engine(model, device="cpu", precision="fp32", backend=name, cache_dir=cache_dir)
+    first = engine.backends[0]
+    if getattr(first, "fallback_reason", None):
+        return None, first.fallback_reason  # it would only repeat onnx fp32
+    note = f"gate passed: mean cosine {first.gate_cosine:.4f} to fp32 on the calibration sample (recipe {first.recipe})" if name == "onnx-int8" else None
+    engine.encode_ids(corpus["sorted_ids"][:8])
+    return (lambda: run_engine(engine, corpus, budget)), note
+
+
+def worker(name: str, workdir: Path, model: str, budget: int, cache_dir: str) -> int:
+    """One method in its own process: each process has only its own thread pool (torch's OpenMP
+    or ONNX Runtime's), so no method runs next to another's spinning threads. Reads 'run' lines
+    on stdin, answers one JSON line per run; vectors go to workdir/vectors-<name>.npy."""
+    corpus = load_corpus(workdir)
+    run, note = make_method(name, corpus, model, budget, cache_dir)
+    print(PROTOCOL + json.dumps({"ready": run is not None, "note": note}), flush=True)
+    if run is None:
+        return 0
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
         started = time.perf_counter()
-        engine = build_engine(model, device="cpu", precision="fp32", backend=backend, cache_dir=cache_dir)
-        first = engine.backends[0]
-        label = backend
-        if getattr(first, "fallback_reason", None):
-            notes[backend] = first.fallback_reason
-            log(f"{backend}: {first.fallback_reason}")
-            continue  # it would only repeat onnx fp32
-        if backend == "onnx-int8":
-            notes[backend] = f"gate passed: mean cosine {first.gate_cosine:.4f} to fp32 on the calibration sample (recipe {first.recipe})"
-        log(f"loaded {engine.fingerprint} in {time.perf_counter() - started:.1f} s")
-        engines.append(engine)
-        methods[label] = (lambda engine=engine: run_engine(engine, corpus, budget))
-    names = list(methods)
+        vectors, padded = run()
+        elapsed = time.perf_counter() - started
+        np.save(workdir / f"vectors-{name}.npy", vectors)
+        print(PROTOCOL + json.dumps({"seconds": elapsed, "padded_fraction": padded}), flush=True)
+    return 0
+
+
+def _answer(proc, name: str) -> dict:
+    """The worker's next protocol line (anything else a library printed is skipped)."""
+    for line in proc.stdout:
+        if line.startswith(PROTOCOL):
+            return json.loads(line[len(PROTOCOL):])
+    raise SystemExit(f"worker {name} died (run it alone to see why: python benchmarks/throughput.py --worker {name} --workdir <dir>)")
+
+
+def in_process(corpus: dict, workdir: Path, model: str, budget: int, rounds: int, backends: list[str], cache_dir: str, log=print) -> dict:
+    """The methods, each loaded once in its own worker process, timed in alternating rounds."""
+    names = ["plain", "st-all"] + backends
+    workers, notes = {}, {}
+    for name in names:
+        args = [sys.executable, __file__, "--worker", name, "--workdir", str(workdir), "--model", model, "--token-budget", str(budget)]
+        if cache_dir:
+            args += ["--cache-dir", cache_dir]
+        workers[name] = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+    for name in list(names):  # load one after another is not needed: loading is not timed
+        ready = _answer(workers[name], name)
+        if ready["note"]:
+            notes[name] = ready["note"]
+        if not ready["ready"]:
+            log(f"{name}: {ready['note']}")
+            workers.pop(name).wait()
+            names.remove(name)
+    log(f"loaded and warmed up, one process each: {', '.join(names)}")
     times: dict[str, list[float]] = {n: [] for n in names}
-    vectors: dict[str, np.ndarray] = {}
     padded: dict[str, float] = {}
-    log(f"warm-up: {', '.join(names)}")
-    st.encode(texts[:16])
-    for engine in engines:
-        engine.encode_ids(corpus["sorted_ids"][:8])
-    for r in range(rounds):
-        rotated = names[r % len(names):] + names[: r % len(names)]
-        for name in rotated:
-            started = time.perf_counter()
-            vecs, pad = methods[name]()
-            elapsed = time.perf_counter() - started
-            times[name].append(elapsed)
-            vectors[name], padded[name] = vecs, pad
-            log(f"round {r + 1}/{rounds} {name:<10} {elapsed:7.1f} s  {corpus['tokens'] / elapsed:8,.0f} tokens/s")
+    try:
+        for r in range(rounds):
+            rotated = names[r % len(names):] + names[: r % len(names)]
+            for name in rotated:
+                workers[name].stdin.write("run\n")
+                workers[name].stdin.flush()
+                result = _answer(workers[name], name)
+                times[name].append(result["seconds"])
+                padded[name] = result["padded_fraction"]
+                log(f"round {r + 1}/{rounds} {name:<10} {result['seconds']:7.1f} s  {corpus['tokens'] / result['seconds']:8,.0f} tokens/s")
+    finally:
+        for proc in workers.values():
+            try:
+                proc.stdin.close()
+            except OSError:
+                pass
+            proc.wait(timeout=60)
+    vectors = {n: np.load(workdir / f"vectors-{n}.npy") for n in names}
     ref = vectors["plain"]
     results = {}
     for name in names:
@@ -219,7 +276,7 @@ def in_process(corpus: dict, model: str, budget: int, rounds: int, backends: lis
     for name in names:
         results[name]["ratio_to_plain"] = results[name]["tokens_per_s"] / results["plain"]["tokens_per_s"]
         results[name]["ratio_to_plain_median"] = results[name]["tokens_per_s_median"] / results["plain"]["tokens_per_s_median"]
-    return {"methods": results, "notes": notes, "torch_threads": torch.get_num_threads()}
+    return {"methods": results, "notes": notes}
 
 
 # ---------------------------------------------------------------- end to end (whole processes)
@@ -311,7 +368,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default=None, help="ONNX exports (default: EMBEDDING_CACHE)")
     parser.add_argument("--workdir", default=None, help="keep the landing, lake and outputs here (default: a temp folder)")
     parser.add_argument("--json", default=None, help="write the results as JSON to this file")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker:
+        from embedding_assets.lib.settings import env
+
+        return worker(args.worker, Path(args.workdir), args.model, args.token_budget, os.path.expanduser(args.cache_dir or env("EMBEDDING_CACHE")))
 
     from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET
     from embedding_assets.lib.settings import env
@@ -336,7 +398,7 @@ def main(argv=None) -> int:
         "corpus": {k: corpus[k] for k in ("documents", "tokens", "distinct_texts", "stage_seconds")} | {"chunks": len(corpus["texts"]), "max_tokens": args.max_tokens},
         "token_budget": budget,
     }
-    report["in_process"] = in_process(corpus, args.model, budget, args.rounds, backends, cache_dir)
+    report["in_process"] = in_process(corpus, workdir, args.model, budget, args.rounds, backends, cache_dir)
     print()
     print(f"{'method':<12}{'best s':>8}{'tokens/s':>10}{'x plain':>9}{'x (median)':>11}{'padded':>8}{'cos mean':>10}{'cos min':>9}")
     for name, r in report["in_process"]["methods"].items():

@@ -18,7 +18,7 @@ TEXTS = [f"Sentence number {i} talks about {topic}." for i, topic in enumerate([
 
 @pytest.fixture(scope="module")
 def engine():
-    return build_engine("bundled", device="cpu")
+    return build_engine("bundled", device="cpu", backend="torch")
 
 
 class OutOfMemoryError(RuntimeError):

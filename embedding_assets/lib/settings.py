@@ -17,7 +17,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "EMBEDDING_MODEL": (BUNDLED_MODEL, "Any sentence-transformers model id or local path; the default is the bundled all-MiniLM-L6-v2."),
     "EMBEDDING_DEVICE": ("auto", "auto, cpu, cuda or cuda:N (auto = cuda when available, else cpu)."),
     "EMBEDDING_PRECISION": ("auto", "auto, fp32, fp16 or bf16 (auto = fp16 on CUDA, fp32 on CPU)."),
-    "EMBEDDING_BACKEND": ("auto", "auto, torch, onnx or onnx-int8 (auto = torch; onnx backends are CPU only)."),
+    "EMBEDDING_BACKEND": ("auto", "auto, torch, onnx or onnx-int8 (auto = onnx fp32 on CPU, torch on CUDA; onnx backends are CPU only)."),
     "EMBEDDING_TOKEN_BUDGET": ("", "Padded tokens per batch; empty = the tuned value for this model and device, else a safe default."),
     "EMBEDDING_CHUNK_TOKENS": ("", "Largest chunk in tokens, special tokens included; empty = the model's max sequence length."),
     "EMBEDDING_CHUNK_OVERLAP": ("32", "Tokens shared by consecutive chunks of a document."),
