@@ -307,7 +307,7 @@ def embed_batch(
     *,
     token_budget: int | None = None,
     commit_seconds: float = 30.0,
-    max_buffer_rows: int = 50_000,
+    max_buffer_rows: int = 8_192,
     log: Log = print,
     progress_seconds: float = 10.0,
 ) -> dict:
