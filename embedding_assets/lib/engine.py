@@ -15,11 +15,11 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
-from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET, Batch, collate, iter_batches
+from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET, Batch, iter_batches
 from embedding_assets.lib.model import TokenizerInfo, load_tokenizer, model_label, resolve_model, weights_revision
 
 SUPPORTED_POOLING = ("mean", "cls", "max", "lasttoken", "mean_sqrt_len_tokens")
@@ -338,8 +338,6 @@ def make_fingerprint(model: str, revision: str, pooling: str, normalize: bool, m
     """Everything that changes a vector, readable: model@revision/pooling/norm/max/precision/backend."""
     return f"{model_label(model)}@{revision}/{pooling}/{'norm' if normalize else 'raw'}/max{max_len}/{precision}/{backend}"
 
-
-BackendFactory = Callable[[str, str, str, str], Backend]  # (resolved, device, precision, cache_dir)
 
 
 def build_engine(model: str, device: str = "auto", precision: str = "auto", backend: str = "auto", cache_dir: str | None = None) -> EncoderEngine:

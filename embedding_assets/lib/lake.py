@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import time
-from typing import Iterable, Iterator
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -232,6 +232,3 @@ def partition_lock(root: str, name: str, batch: str):
             handle.truncate()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
-
-def concat_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> pa.Table:
-    return pa.Table.from_batches(list(batches), schema=schema)

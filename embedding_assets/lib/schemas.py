@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
 
 TS = pa.timestamp("us", tz="UTC")
@@ -85,14 +86,11 @@ def document_embeddings_schema(dimension: int) -> pa.Schema:
 
 def vectors_to_arrow(vectors, dimension: int) -> pa.FixedSizeListArray:
     """A float32 matrix as an Arrow fixed-size list column, without per-row Python objects."""
-    import numpy as np
-
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
     return pa.FixedSizeListArray.from_arrays(flat, dimension)
 
 
-def arrow_to_vectors(column) -> "np.ndarray":
-    import numpy as np
+def arrow_to_vectors(column) -> np.ndarray:
 
     """A vector column as a float32 matrix.
 
