@@ -10,6 +10,7 @@ straight into the embeddings partition shows readers a mix.
 
 import contextlib
 import dataclasses
+import json
 import os
 import random
 import signal
@@ -18,11 +19,9 @@ import sys
 import textwrap
 import threading
 import time
-import uuid
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
 
 import dagster as dg
@@ -173,39 +172,46 @@ def test_sigkill_mid_embedding_then_rerun_resumes_with_exactly_one_vector_per_ch
 # ---------------------------------------------------------------- commits that fail half-way
 
 
-def _is_staging_append(target, mode) -> bool:
-    return str(target).rstrip("/").endswith(pipeline.STAGING) and mode == "append"
+REAL_COMMIT = deltalake.DeltaTable.create_write_transaction
+
+
+def _is_staging_append(table, mode) -> bool:
+    return str(table.table_uri).rstrip("/").endswith(pipeline.STAGING) and mode == "append"
+
+
+def _parquet_files(folder: str) -> set[str]:
+    return {name for name in os.listdir(folder) if name.endswith(".parquet")} if os.path.isdir(folder) else set()
 
 
 def test_commit_failing_after_its_data_file_was_written_leaves_no_duplicates(dirs, monkeypatch):
+    """The data file is written, the commit fails: nothing is committed, the file is deleted, and
+    the retry embeds only what the earlier commits did not hold."""
     prepare(dirs, {f"d{i}.txt": prose(100 + i, 2) for i in range(12)})
-    real = deltalake.write_deltalake
     staging_appends = []
-    orphans = []
+    left_behind = []
+    folder = os.path.join(dirs["lake"], pipeline.STAGING, f"batch={BATCH}")
 
-    def crash_before_commit(target, data, *args, mode="error", **kwargs):
-        if _is_staging_append(target, mode):
-            staging_appends.append(data.num_rows)
+    def crash_before_commit(self, actions, mode, *args, **kwargs):
+        if _is_staging_append(self, mode):
+            staging_appends.append(sum(json.loads(a.stats)["numRecords"] for a in actions))
             if len(staging_appends) == 2:
-                # What a crash between writing the data file and writing the log entry leaves behind.
-                folder = os.path.join(str(target), f"batch={BATCH}")
-                os.makedirs(folder, exist_ok=True)
-                orphan = os.path.join(folder, f"part-00000-{uuid.uuid4()}-c000.snappy.parquet")
-                pq.write_table(data.drop_columns(["batch"]), orphan)
-                orphans.append(orphan)
+                left_behind.extend(a.path for a in actions)
+                assert all(os.path.exists(os.path.join(dirs["lake"], pipeline.STAGING, path)) for path in left_behind)
                 raise OSError("simulated crash: data file written, commit not")
-        return real(target, data, *args, mode=mode, **kwargs)
+        return REAL_COMMIT(self, actions, mode, *args, **kwargs)
 
-    monkeypatch.setattr(deltalake, "write_deltalake", crash_before_commit)
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", crash_before_commit)
     with pytest.raises(OSError, match="simulated crash"):
         pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
-    monkeypatch.setattr(deltalake, "write_deltalake", real)
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", REAL_COMMIT)
 
-    assert os.path.exists(orphans[0])  # the data file is there, but no commit references it
+    assert left_behind and not any(os.path.exists(os.path.join(dirs["lake"], pipeline.STAGING, p)) for p in left_behind)
     committed = staging_rows(dirs["lake"])
     assert committed.num_rows == staging_appends[0]
     fingerprint = engine().fingerprint
     assert lake.transaction_version(dirs["lake"], pipeline.STAGING, f"embeddings/{BATCH}/{fingerprint}") == 0  # only the first commit
+    referenced = {os.path.basename(u) for u in lake.open_table(dirs["lake"], pipeline.STAGING).file_uris()}
+    assert _parquet_files(folder) == referenced  # no data file outside the log
 
     result = pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)  # the retry
     assert result["resumed_from_checkpoint"] == staging_appends[0]
@@ -216,20 +222,19 @@ def test_commit_failing_after_its_data_file_was_written_leaves_no_duplicates(dir
 def test_commit_that_landed_but_raised_is_not_written_again(dirs, monkeypatch):
     """An ambiguous commit (it landed, the caller saw an error): the retry must be a no-op."""
     prepare(dirs, {f"d{i}.txt": prose(200 + i, 2) for i in range(12)})
-    real = deltalake.write_deltalake
     staging_appends = []
 
-    def lost_reply(target, data, *args, mode="error", **kwargs):
-        out = real(target, data, *args, mode=mode, **kwargs)
-        if _is_staging_append(target, mode):
-            staging_appends.append(data.num_rows)
+    def lost_reply(self, actions, mode, *args, **kwargs):
+        out = REAL_COMMIT(self, actions, mode, *args, **kwargs)
+        if _is_staging_append(self, mode):
+            staging_appends.append(len(actions))
             if len(staging_appends) == 2:
                 raise CommitFailedError("simulated: the commit landed but its reply was lost")
         return out
 
-    monkeypatch.setattr(deltalake, "write_deltalake", lost_reply)
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", lost_reply)
     result = pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
-    monkeypatch.setattr(deltalake, "write_deltalake", real)
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", REAL_COMMIT)
     assert result["commits"] >= 3 and len(staging_appends) == result["commits"]
     assert_one_vector_per_chunk(dirs["lake"])
 
@@ -243,19 +248,18 @@ def test_commit_that_landed_but_raised_is_not_written_again(dirs, monkeypatch):
 def test_append_with_a_transaction_id_is_exactly_once(dirs, monkeypatch):
     root = dirs["lake"]
     rows = pa.table({"batch": ["p"] * 3, "x": [1, 2, 3]})
-    real = deltalake.write_deltalake
-    failures: list[tuple[str, Exception]] = []  # (when, error) for the next write
+    failures: list[tuple[str, Exception]] = []  # (when, error) for the next commit
 
-    def flaky(target, data, *args, **kwargs):
+    def flaky(self, actions, mode, *args, **kwargs):
         when, error = failures.pop() if failures else (None, None)
         if when == "before":
             raise error
-        out = real(target, data, *args, **kwargs)
+        out = REAL_COMMIT(self, actions, mode, *args, **kwargs)
         if when == "after":
             raise error
         return out
 
-    monkeypatch.setattr(deltalake, "write_deltalake", flaky)
+    monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", flaky)
     lake.append(root, "t", rows, app_transaction=("app", 1))
     assert lake.transaction_version(root, "t", "app") == 1
 
@@ -269,12 +273,18 @@ def test_append_with_a_transaction_id_is_exactly_once(dirs, monkeypatch):
     version = lake.open_table(root, "t").version()
     lake.append(root, "t", rows, app_transaction=("app", 3))
     assert lake.open_table(root, "t").version() == version
-    # A failure before anything was committed is an error, and commits nothing.
+    # A failure before anything was committed is an error, commits nothing, and leaves no data file.
     failures.append(("before", OSError("simulated: failed before anything was written")))
     with pytest.raises(OSError, match="before anything"):
         lake.append(root, "t", rows, app_transaction=("app", 4))
     assert lake.transaction_version(root, "t", "app") == 3
     assert lake.read_partition(root, "t", "p").num_rows == 9  # three appends, each exactly once
+    referenced = {os.path.basename(u) for u in lake.open_table(root, "t").file_uris()}
+    assert _parquet_files(os.path.join(root, "t", "batch=p")) == referenced
+    # Without a transaction id, a commit that landed but raised is recognised by its files.
+    failures.append(("after", OSError("simulated: reply lost")))
+    lake.append(root, "t", rows)
+    assert lake.read_partition(root, "t", "p").num_rows == 12
 
 
 # ---------------------------------------------------------------- concurrent writers, one partition each
