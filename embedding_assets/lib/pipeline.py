@@ -18,8 +18,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding_assets.lib import lake, schemas
+from embedding_assets.lib.allocators import configure_for_streaming
 from embedding_assets.lib.batching import Batch, collate, plan_batches
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
+from embedding_assets.lib.keys import KeyIndex, distinct_count, first_in_batch
 from embedding_assets.lib.model import TokenizerInfo
 
 RAW, REJECTED, CHUNKS, BUCKETS, EMBEDDINGS, STAGING, DOCUMENTS = (
@@ -215,7 +217,8 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
 class EmbedPlan:
     chunks: int
     distinct_texts: int
-    to_embed: list[str]  # text hashes with no vector under this fingerprint yet
+    to_embed: pa.Array  # text hashes with no vector under this fingerprint yet (sorted)
+    to_embed_tokens: int
     reusable: int
     stale_rows: int  # rows to drop: chunks that no longer exist, or another fingerprint
     staged: int
@@ -223,7 +226,11 @@ class EmbedPlan:
 
 
 def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fingerprint: str) -> tuple[EmbedPlan, pa.Table]:
-    """What the embeddings step must do for a partition, from metadata columns only (cheap)."""
+    """What the embeddings step must do for a partition, from metadata columns only (cheap).
+
+    Returns the plan and the partition's chunk metadata (chunk_id, doc_id, text_hash, n_tokens);
+    keys are matched with sorted numpy arrays (`keys.KeyIndex`), never per-row Python objects.
+    """
     meta = lake.read_partition(lake_root, BUCKETS, batch, columns=["chunk_id", "doc_id", "text_hash", "n_tokens", "tokenizer"])
     if meta is None or meta.num_rows == 0:
         raise RuntimeError(f"length_buckets has no rows for batch {batch!r}: materialize length_buckets first")
@@ -233,37 +240,48 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
             f"length_buckets for batch {batch!r} was tokenized with {tokenizers}, but the model's tokenizer is "
             f"{tokenizer_fingerprint}: re-materialize chunks and length_buckets for this model"
         )
-    current = set(meta.column("text_hash").to_pylist())
+    meta = meta.drop_columns(["tokenizer"])
+    texts = KeyIndex(meta.column("text_hash"))
+    have = np.zeros(len(texts), dtype=bool)
     existing = lake.read_partition(lake_root, EMBEDDINGS, batch, columns=["chunk_id", "text_hash", "model"])
     staged = lake.read_partition(lake_root, STAGING, batch, columns=["text_hash"], filter=pc.field("model") == fingerprint)
-    have: set[str] = set()
     stale, complete = 0, False
     if existing is not None and existing.num_rows:
         same = existing.filter(pc.equal(existing.column("model"), fingerprint))
-        have.update(same.column("text_hash").to_pylist())
-        current_ids = set(meta.column("chunk_id").to_pylist())
-        stale = existing.num_rows - same.num_rows + sum(1 for c in same.column("chunk_id").to_pylist() if c not in current_ids)
-        complete = same.num_rows == existing.num_rows and set(same.column("chunk_id").to_pylist()) == current_ids
+        _mark(have, texts.group(same.column("text_hash")))
+        current = pc.sum(pc.is_in(same.column("chunk_id"), value_set=meta.column("chunk_id").combine_chunks())).as_py() or 0
+        stale = existing.num_rows - current
+        complete = stale == 0 and same.num_rows == meta.num_rows and distinct_count(same.column("chunk_id")) == meta.num_rows
     n_staged = 0 if staged is None else staged.num_rows
     if staged is not None:
-        have.update(staged.column("text_hash").to_pylist())
-    to_embed = sorted(current - have)
+        _mark(have, texts.group(staged.column("text_hash")))
+    first_rows = texts.order[texts.starts[~have]]  # one row per text still to embed, in hash order
+    to_embed = meta.column("text_hash").take(first_rows).combine_chunks()
     plan = EmbedPlan(
         chunks=meta.num_rows,
-        distinct_texts=len(current),
+        distinct_texts=len(texts),
         to_embed=to_embed,
-        reusable=len(current) - len(to_embed),
+        to_embed_tokens=int(pc.sum(meta.column("n_tokens").take(first_rows)).as_py() or 0),
+        reusable=int(have.sum()),
         stale_rows=stale,
         staged=n_staged,
-        up_to_date=complete and not to_embed and n_staged == 0,
+        up_to_date=complete and not len(to_embed) and n_staged == 0,
     )
     return plan, meta
 
 
-def _pending_batches(lake_root: str, batch: str, hashes: list[str], token_budget: int, window_rows: int = 8192) -> Iterator[Batch]:
-    """Token-budget batches of the texts still to embed, streamed from length_buckets in order."""
-    wanted = pa.array(hashes, pa.string())
-    seen: set[str] = set()
+def _mark(flags: np.ndarray, groups: np.ndarray) -> None:
+    flags[groups[groups >= 0]] = True
+
+
+def _pending_batches(lake_root: str, batch: str, hashes: pa.Array, token_budget: int, window_rows: int = 8192) -> Iterator[Batch]:
+    """Token-budget batches of the texts still to embed, streamed from length_buckets in order.
+
+    Each text is embedded once, however many chunks share it; a window of `window_rows` texts is
+    sorted by length before it is cut into batches, so padding stays low without a global sort.
+    """
+    wanted = KeyIndex(hashes)
+    taken = np.zeros(len(wanted), dtype=bool)
     pending_ids: list[np.ndarray] = []
     pending_keys: list[str] = []
 
@@ -281,19 +299,19 @@ def _pending_batches(lake_root: str, batch: str, hashes: list[str], token_budget
         pending_ids[:] = ids[keep_from:]
         pending_keys[:] = list(keys[keep_from:])
 
-    reader = lake.scan_partition(
-        lake_root, BUCKETS, batch, columns=["text_hash", "input_ids"], filter=pc.field("text_hash").isin(wanted), batch_size=4096
-    )
-    for record_batch in reader:
+    for record_batch in lake.scan_partition(lake_root, BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
+        groups = wanted.group(record_batch.column("text_hash"))
+        keep = (groups >= 0) & first_in_batch(groups)
+        keep[keep] = ~taken[groups[keep]]
+        if not keep.any():
+            continue
+        picked = np.flatnonzero(keep)
+        taken[groups[picked]] = True
         column = record_batch.column("input_ids")
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
-        for i, key in enumerate(record_batch.column("text_hash").to_pylist()):
-            if key in seen:
-                continue
-            seen.add(key)
-            pending_ids.append(values[offsets[i]:offsets[i + 1]])
-            pending_keys.append(key)
+        pending_ids.extend(values[offsets[i]:offsets[i + 1]] for i in picked)
+        pending_keys.extend(record_batch.column("text_hash").take(pa.array(picked)).to_pylist())
         if len(pending_ids) >= window_rows:
             yield from flush(final=False)
     if pending_ids:
@@ -322,6 +340,7 @@ def embed_batch(
 
     lake.validate_batch(batch)
     started = time.perf_counter()
+    arrow_pool = configure_for_streaming()
     fingerprint = engine.fingerprint
     plan, meta = plan_embeddings(lake_root, batch, fingerprint, engine.tokenizer.fingerprint)
     stats = EngineStats()
@@ -340,13 +359,14 @@ def embed_batch(
         "dimension": engine.dimension,
         "token_budget": token_budget or engine.token_budget,
         "token_budget_source": "override" if token_budget else engine.budget_source,
+        "arrow_memory_pool": arrow_pool,
     }
     if plan.up_to_date:
         log(f"embeddings for batch {batch} are up to date under {fingerprint}: nothing to embed")
         result.update(skipped=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
         return result
     budget = token_budget or engine.token_budget
-    if plan.to_embed:
+    if len(plan.to_embed):
         log(f"embedding {len(plan.to_embed)} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
         _embed_into_staging(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result)
     _swap_in(lake_root, batch, engine, meta)
@@ -374,8 +394,7 @@ def _embed_into_staging(lake_root, batch, engine, plan, meta, budget, commit_sec
     fingerprint, dimension = engine.fingerprint, engine.dimension
     app_id = f"embeddings/{batch}/{fingerprint}"
     version = lake.transaction_version(lake_root, STAGING, app_id)
-    tokens_by_hash = dict(zip(meta.column("text_hash").to_pylist(), meta.column("n_tokens").to_pylist()))
-    total_tokens = sum(tokens_by_hash[h] for h in plan.to_embed)
+    total_tokens = plan.to_embed_tokens
     keys_buffer: list[np.ndarray] = []
     vector_buffer: list[np.ndarray] = []
     buffered = 0
@@ -421,42 +440,56 @@ def _embed_into_staging(lake_root, batch, engine, plan, meta, budget, commit_sec
     commit()
 
 
-def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int = 20_000) -> None:
-    """Replaces the embeddings partition with one vector per current chunk, in one commit."""
+def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int = 4096) -> None:
+    """Replaces the embeddings partition with one vector per current chunk, in one commit.
+
+    Streams: vectors are read a record batch at a time from the staging table (fresh) and then from
+    the partition's own rows of the same fingerprint (reused), each distinct text's vector is
+    written once for every chunk that has that text, and delta-rs writes the rows as they come. Peak
+    memory is a few record batches plus the chunk metadata, whatever the partition's size.
+    """
     fingerprint, dimension = engine.fingerprint, engine.dimension
     same_model = pc.field("model") == fingerprint
-    staged = lake.read_partition(lake_root, STAGING, batch, columns=["text_hash", "embedding", "embedded_at"], filter=same_model)
-    existing = lake.read_partition(lake_root, EMBEDDINGS, batch, columns=["text_hash", "embedding", "embedded_at"], filter=same_model)
-    parts = [t for t in (staged, existing) if t is not None and t.num_rows]
-    if parts:
-        vectors = pa.concat_tables([p if p.schema.equals(parts[0].schema) else p.cast(parts[0].schema) for p in parts])
-        unique = pc.unique(vectors.column("text_hash"))
-        if len(unique) != vectors.num_rows:
-            # First occurrence wins: staged vectors (this fingerprint, fresh) before older rows.
-            vectors = vectors.take(pc.index_in(unique, vectors.column("text_hash")))
-    else:
-        vectors = pa.table({"text_hash": pa.array([], pa.string())})
-    index = pc.index_in(meta.column("text_hash"), vectors.column("text_hash"))
-    if index.null_count:
-        raise RuntimeError(f"{index.null_count} chunks of batch {batch!r} have no vector after embedding; nothing was written")
+    texts = KeyIndex(meta.column("text_hash"))
+    sources = (STAGING, EMBEDDINGS)  # staged vectors (fresh) win over older rows of the same text
+    # Every text must have a vector before anything is written: checked on the key column alone.
+    have = np.zeros(len(texts), dtype=bool)
+    for name in sources:
+        for keys in lake.scan_partition(lake_root, name, batch, columns=["text_hash"], filter=same_model, batch_size=65_536):
+            _mark(have, texts.group(keys.column("text_hash")))
+    if not have.all():
+        raise RuntimeError(f"{int((~have).sum())} texts of batch {batch!r} have no vector after embedding; nothing was written")
     schema = schemas.embeddings_schema(dimension)
+    chunk_columns = meta.select(["doc_id", "chunk_id", "text_hash"])
+    written = np.zeros(len(texts), dtype=bool)
 
-    def slices():
-        for start in range(0, meta.num_rows, slice_rows):
-            part = meta.slice(start, slice_rows)
-            take = index.slice(start, slice_rows)
-            picked = vectors.take(take)
-            yield pa.record_batch({
-                "batch": pa.array([batch] * part.num_rows, pa.string()),
-                "doc_id": part.column("doc_id").combine_chunks(),
-                "chunk_id": part.column("chunk_id").combine_chunks(),
-                "text_hash": part.column("text_hash").combine_chunks(),
-                "embedding": picked.column("embedding").combine_chunks().cast(schema.field("embedding").type),
-                "model": pa.array([fingerprint] * part.num_rows, pa.string()),
-                "embedded_at": picked.column("embedded_at").combine_chunks(),
-            }, schema=schema)
+    def record_batches():
+        for name in sources:
+            columns = ["text_hash", "embedding", "embedded_at"]
+            for part in lake.scan_partition(lake_root, name, batch, columns=columns, filter=same_model, batch_size=slice_rows):
+                groups = texts.group(part.column("text_hash"))
+                keep = (groups >= 0) & first_in_batch(groups)
+                keep[keep] = ~written[groups[keep]]
+                if not keep.any():
+                    continue
+                picked = np.flatnonzero(keep)
+                written[groups[picked]] = True
+                rows, owner = texts.rows_of(groups[picked])
+                chunks = chunk_columns.take(pa.array(rows))
+                source_rows = pa.array(picked[owner])
+                yield pa.record_batch({
+                    "batch": pa.array([batch] * len(rows), pa.string()),
+                    "doc_id": chunks.column("doc_id").combine_chunks(),
+                    "chunk_id": chunks.column("chunk_id").combine_chunks(),
+                    "text_hash": chunks.column("text_hash").combine_chunks(),
+                    "embedding": part.column("embedding").take(source_rows).cast(schema.field("embedding").type),
+                    "model": pa.array([fingerprint] * len(rows), pa.string()),
+                    "embedded_at": part.column("embedded_at").take(source_rows),
+                }, schema=schema)
+        if not written.all():  # a source changed under us between the check and the write
+            raise RuntimeError(f"{int((~written).sum())} texts of batch {batch!r} lost their vector during the swap; nothing was written")
 
-    lake.replace_partition(lake_root, EMBEDDINGS, batch, pa.RecordBatchReader.from_batches(schema, slices()))
+    lake.replace_partition(lake_root, EMBEDDINGS, batch, pa.RecordBatchReader.from_batches(schema, record_batches()))
 
 
 # ---------------------------------------------------------------- downstream
