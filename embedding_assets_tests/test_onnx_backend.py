@@ -62,7 +62,7 @@ def test_int8_passes_its_gate_and_the_gate_is_cached(onnx_cache, torch_vectors):
     assert backend.gate_cosine >= 0.99 and backend.recipe == RECIPES[0]
     assert (backend.model_dir / "int8-gate.json").exists()
     engine = build_engine("bundled", device="cpu", backend="onnx-int8", cache_dir=onnx_cache)
-    assert engine.fingerprint.endswith("/int8/onnx-int8")
+    assert engine.fingerprint.endswith(f"/int8/onnx-int8:{engine.backends[0].recipe}") and engine.backends[0].recipe == RECIPES[0]
     assert engine.backends[0].gate_from_cache  # no second quantization or calibration
     cosine = np.sum(engine.encode_texts(TEXTS) * torch_vectors, axis=1)
     assert cosine.mean() >= 0.98, cosine

@@ -334,9 +334,14 @@ def _empty_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def make_fingerprint(model: str, revision: str, pooling: str, normalize: bool, max_len: int, precision: str, backend: str) -> str:
-    """Everything that changes a vector, readable: model@revision/pooling/norm/max/precision/backend."""
-    return f"{model_label(model)}@{revision}/{pooling}/{'norm' if normalize else 'raw'}/max{max_len}/{precision}/{backend}"
+def make_fingerprint(model: str, revision: str, pooling: str, normalize: bool, max_len: int, precision: str, backend: str, recipe: str | None = None) -> str:
+    """Everything that changes a vector, readable: model@revision/pooling/norm/max/precision/backend[:recipe].
+
+    `recipe` names the int8 quantization recipe the fidelity gate chose: another recipe (a new
+    threshold, another onnxruntime) gives other vectors, so it is another fingerprint.
+    """
+    label = f"{backend}:{recipe}" if recipe else backend
+    return f"{model_label(model)}@{revision}/{pooling}/{'norm' if normalize else 'raw'}/max{max_len}/{precision}/{label}"
 
 
 
@@ -371,5 +376,6 @@ def build_engine(model: str, device: str = "auto", precision: str = "auto", back
         tokenizer.max_seq_length,
         first.precision,
         first.name,
+        getattr(first, "recipe", None),
     )
     return EncoderEngine(model=model, backends=backends, tokenizer=tokenizer, fingerprint=fingerprint)
