@@ -109,7 +109,7 @@ def build_partition(workdir: Path, batch: str, n: int, model: str, seed: int = 0
 
 # ---------------------------------------------------------------- the measured step (child process)
 
-def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: float, backend: str = "torch") -> dict:
+def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: float, backend: str = "auto") -> dict:
     import resource
     import threading
 
@@ -168,7 +168,8 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
         "rss_after_model_load_bytes": rss_loaded,
         "phase_peak_rss_bytes": peaks,
         "phase_peak_arrow_bytes": arrow_peaks,
-        "arrow_memory_pool": pa.default_memory_pool().backend_name,
+        "arrow_memory_pool": result.get("arrow_memory_pool"),
+        "backend": result.get("backend"),
         "embed_seconds": elapsed,
         "embedded_texts": result.get("embedded_texts"),
         "commits": result.get("commits"),
@@ -187,7 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default="tiny", help="'tiny' (random 1-layer BERT, 384-d) or any model name, e.g. bundled")
     parser.add_argument("--token-budget", type=int, default=8192)
     parser.add_argument("--commit-seconds", type=float, default=30.0)
-    parser.add_argument("--backend", default="torch", help="torch (default), onnx or onnx-int8")
+    parser.add_argument("--backend", default="auto", help="auto (the CPU default: onnx), torch, onnx or onnx-int8")
     parser.add_argument("--child-env", action="append", default=[], metavar="KEY=VALUE", help="environment for the measured process (e.g. ONEDNN_PRIMITIVE_CACHE_CAPACITY=64)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None)
