@@ -445,7 +445,7 @@ def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int
 
     Streams: vectors are read a record batch at a time from the staging table (fresh) and then from
     the partition's own rows of the same fingerprint (reused), each distinct text's vector is
-    written once for every chunk that has that text, and delta-rs writes the rows as they come. Peak
+    written once for every chunk that has that text, and the lake writes them as they come. Peak
     memory is a few record batches plus the chunk metadata, whatever the partition's size.
     """
     fingerprint, dimension = engine.fingerprint, engine.dimension
