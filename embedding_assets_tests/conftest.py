@@ -33,6 +33,24 @@ def write_corpus(batch_dir, extra: dict | None = None) -> dict:
     return files
 
 
+def materialize_assets(dirs, instance, batch: str, selection=None):
+    """Materializes the assets for one partition with the real resources (commit after every batch)."""
+    import dagster as dg
+
+    from embedding_assets.defs.assets import ASSETS
+    from embedding_assets.defs.resources import LakeResource, ModelResource
+
+    result = dg.materialize(
+        ASSETS,
+        selection=selection,
+        partition_key=batch,
+        instance=instance,
+        resources={"lake": LakeResource(landing=dirs["landing"], lake=dirs["lake"], commit_seconds=0.0), "model": ModelResource()},
+    )
+    assert result.success
+    return result
+
+
 @pytest.fixture
 def dirs(tmp_path, monkeypatch):
     landing, lake_root, home = tmp_path / "landing", tmp_path / "lake", tmp_path / "dagster_home"

@@ -13,21 +13,13 @@ from embedding_assets.defs import resources as resources_module
 from embedding_assets.defs.assets import ASSETS
 from embedding_assets.defs.resources import LakeResource, ModelResource
 from embedding_assets.lib import lake, pipeline, schemas
-from embedding_assets_tests.conftest import write_corpus
+from embedding_assets_tests.conftest import materialize_assets, write_corpus
 
 BATCH = "b1"
 
 
 def _materialize(dirs, instance, selection=None, batch=BATCH):
-    result = dg.materialize(
-        ASSETS,
-        selection=selection,
-        partition_key=batch,
-        instance=instance,
-        resources={"lake": LakeResource(landing=dirs["landing"], lake=dirs["lake"], commit_seconds=0.0), "model": ModelResource()},
-    )
-    assert result.success
-    return result
+    return materialize_assets(dirs, instance, batch, selection)
 
 
 def _metadata(result, asset):

@@ -8,9 +8,8 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from embedding_assets.defs.assets import ASSETS
-from embedding_assets.defs.resources import LakeResource, ModelResource
 from embedding_assets.lib import lake, pipeline
+from embedding_assets_tests.conftest import materialize_assets
 
 BATCH = "inc"
 TOPICS = ("rivers", "mountains", "harbors", "gardens", "engines", "markets", "letters", "planets", "winters", "windows")
@@ -38,14 +37,7 @@ def instance(dirs):
 
 
 def _materialize(dirs, instance, selection=None):
-    result = dg.materialize(
-        ASSETS,
-        selection=selection,
-        partition_key=BATCH,
-        instance=instance,
-        resources={"lake": LakeResource(landing=dirs["landing"], lake=dirs["lake"], commit_seconds=0.0), "model": ModelResource()},
-    )
-    assert result.success
+    result = materialize_assets(dirs, instance, BATCH, selection)
     [event] = [e for e in result.get_asset_materialization_events() if e.asset_key == dg.AssetKey("embeddings")]
     for check in result.get_asset_check_evaluations():
         assert check.passed, check.check_name

@@ -13,7 +13,7 @@ import pytest
 
 from embedding_assets.lib import lake, pipeline, schemas
 from embedding_assets.lib.chunking import text_hash
-from embedding_assets.lib.keys import KeyIndex, first_in_batch, fixed_width
+from embedding_assets.lib.keys import KeyIndex, claim_new, first_in_batch, fixed_width
 
 
 # ---------------------------------------------------------------- keys
@@ -218,3 +218,12 @@ def test_streaming_allocator_settings_apply_once_and_yield_to_the_environment():
     env.update(ARROW_DEFAULT_MEMORY_POOL="mimalloc", _RJEM_MALLOC_CONF="dirty_decay_ms:5")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout.split()
     assert out == ["dirty_decay_ms:5", "mimalloc", "mimalloc"]
+
+
+def test_claim_new_takes_each_key_once_across_batches():
+    index = KeyIndex(pa.array(["a", "b", "c", "b"]))
+    claimed = np.zeros(len(index), dtype=bool)
+    picked, groups = claim_new(index, claimed, pa.array(["b", "x", "b", "a"]))
+    assert picked.tolist() == [0, 3] and len(set(groups.tolist())) == 2
+    picked, _ = claim_new(index, claimed, pa.array(["a", "c", "c"]))
+    assert picked.tolist() == [1] and claimed.all()

@@ -86,6 +86,17 @@ class KeyIndex:
         return self.order[first + within], owner
 
 
+def claim_new(index: KeyIndex, claimed: np.ndarray, keys: pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in `keys` of the first occurrence of each indexed key not yet claimed, and their
+    groups; marks those groups claimed (`claimed` holds one flag per group of `index`)."""
+    groups = index.group(keys)
+    keep = (groups >= 0) & first_in_batch(groups)
+    keep[keep] = ~claimed[groups[keep]]
+    picked = np.flatnonzero(keep)
+    claimed[groups[picked]] = True
+    return picked, groups[picked]
+
+
 def first_in_batch(groups: np.ndarray) -> np.ndarray:
     """A mask keeping the first occurrence of each group number in `groups`."""
     keep = np.zeros(len(groups), dtype=bool)

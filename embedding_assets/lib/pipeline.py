@@ -21,7 +21,7 @@ from embedding_assets.lib import lake, schemas
 from embedding_assets.lib.allocators import configure_for_streaming
 from embedding_assets.lib.batching import Batch, collate, plan_batches
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
-from embedding_assets.lib.keys import KeyIndex, distinct_count, first_in_batch
+from embedding_assets.lib.keys import KeyIndex, claim_new, distinct_count
 from embedding_assets.lib.model import TokenizerInfo
 
 RAW, REJECTED, CHUNKS, BUCKETS, EMBEDDINGS, STAGING, DOCUMENTS = (
@@ -300,13 +300,9 @@ def _pending_batches(lake_root: str, batch: str, hashes: pa.Array, token_budget:
         pending_keys[:] = list(keys[keep_from:])
 
     for record_batch in lake.scan_partition(lake_root, BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
-        groups = wanted.group(record_batch.column("text_hash"))
-        keep = (groups >= 0) & first_in_batch(groups)
-        keep[keep] = ~taken[groups[keep]]
-        if not keep.any():
+        picked, _ = claim_new(wanted, taken, record_batch.column("text_hash"))
+        if not len(picked):
             continue
-        picked = np.flatnonzero(keep)
-        taken[groups[picked]] = True
         column = record_batch.column("input_ids")
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -467,14 +463,10 @@ def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int
         for name in sources:
             columns = ["text_hash", "embedding", "embedded_at"]
             for part in lake.scan_partition(lake_root, name, batch, columns=columns, filter=same_model, batch_size=slice_rows):
-                groups = texts.group(part.column("text_hash"))
-                keep = (groups >= 0) & first_in_batch(groups)
-                keep[keep] = ~written[groups[keep]]
-                if not keep.any():
+                picked, groups = claim_new(texts, written, part.column("text_hash"))
+                if not len(picked):
                     continue
-                picked = np.flatnonzero(keep)
-                written[groups[picked]] = True
-                rows, owner = texts.rows_of(groups[picked])
+                rows, owner = texts.rows_of(groups)
                 chunks = chunk_columns.take(pa.array(rows))
                 source_rows = pa.array(picked[owner])
                 yield pa.record_batch({
