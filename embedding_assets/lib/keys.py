@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 
 def fixed_width(keys: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray:
@@ -104,7 +103,3 @@ def first_in_batch(groups: np.ndarray) -> np.ndarray:
         _, first = np.unique(groups, return_index=True)
         keep[first] = True
     return keep
-
-
-def distinct_count(column: pa.Array | pa.ChunkedArray) -> int:
-    return int(pc.count_distinct(column).as_py())

@@ -136,23 +136,19 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     validate_batch(batch)
     props = _commit_properties(app_transaction)
     uri, options = table_uri(root, name), storage_options(root)
-    streamed = isinstance(data, pa.RecordBatchReader)
+    if isinstance(data, pa.RecordBatchReader):
+        # A one-shot reader cannot be replayed after losing a create race: create the table empty.
+        _create_empty(root, name, data.schema)
+        _write_streamed(root, name, batch, data, mode="overwrite", props=props)
+        return
     if not exists(root, name):
         # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
-        # A one-shot reader cannot be replayed after losing that race, so for a reader the table
-        # is created empty first (no rows, no data files) and the rows go in the overwrite below.
         try:
-            if streamed:
-                write_deltalake(uri, data.schema.empty_table(), mode="error", partition_by=["batch"], storage_options=options)
-            else:
-                write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
-                return
+            write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
+            return
         except Exception:
             if not exists(root, name):
                 raise
-    if streamed:
-        _write_streamed(root, name, batch, data, props)
-        return
     _commit_with_retry(
         lambda: write_deltalake(
             uri, data, mode="overwrite", predicate=f"batch = '{batch}'", partition_by=["batch"],
@@ -169,17 +165,31 @@ def _commit_properties(app_transaction: tuple[str, int] | None):
     return CommitProperties(app_transactions=[Transaction(app_id=app_transaction[0], version=app_transaction[1])])
 
 
-def _write_streamed(root: str, name: str, batch: str, reader: pa.RecordBatchReader, props) -> None:
-    """Replaces one partition with a stream of record batches, in one commit, in bounded memory."""
+def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
+    """Creates the table with no rows if it does not exist; a concurrent creator wins the race."""
+    from deltalake import write_deltalake
+
+    if exists(root, name):
+        return
+    try:
+        write_deltalake(table_uri(root, name), schema.empty_table(), mode="error", partition_by=["batch"], storage_options=storage_options(root))
+    except Exception:
+        if not exists(root, name):
+            raise
+
+
+def _write_streamed(root: str, name: str, batch: str, batches, *, mode: str, props=None, app_transaction: tuple[str, int] | None = None) -> None:
+    """Writes record batches of one partition as data files and commits them in one commit
+    (append, or overwrite of the partition), in bounded memory."""
     files = _PartitionFiles(root, name, batch)
     try:
-        for record_batch in reader:
+        for record_batch in batches:
             files.write(record_batch)
         files.close()
     except BaseException:
         files.discard()
         raise
-    _commit_files(root, name, files, mode="overwrite", props=props)
+    _commit_files(root, name, files, mode=mode, props=props, app_transaction=app_transaction)
 
 
 class _PartitionFiles:
@@ -362,31 +372,19 @@ class _FileStats:
 def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, int] | None = None) -> None:
     """Appends rows in one commit; with an app transaction, a replay or a retry after an ambiguous
     failure is a no-op (checked before every attempt: delta-rs would append the same rows twice)."""
-    from deltalake import write_deltalake
-
     if app_transaction and transaction_version(root, name, app_transaction[0]) >= app_transaction[1]:
         return
-    if not exists(root, name):
-        try:  # created empty; a concurrent creator wins the race and we append to its table
-            write_deltalake(table_uri(root, name), data.schema.empty_table(), mode="error", partition_by=["batch"], storage_options=storage_options(root))
-        except Exception:
-            if not exists(root, name):
-                raise
+    _create_empty(root, name, data.schema)
     props = _commit_properties(app_transaction)
     batches = pc.unique(data.column("batch")).to_pylist() if data.num_rows else []
     if len(batches) > 1 and app_transaction:
         raise ValueError("an exactly-once append writes one partition")
     for batch in batches:
         rows = data.filter(pc.equal(data.column("batch"), batch)) if len(batches) > 1 else data
-        files = _PartitionFiles(root, name, validate_batch(batch))
-        try:
-            for record_batch in rows.to_batches(max_chunksize=ROW_GROUP_ROWS):
-                files.write(record_batch)
-            files.close()
-        except BaseException:
-            files.discard()
-            raise
-        _commit_files(root, name, files, mode="append", props=props, app_transaction=app_transaction)
+        _write_streamed(
+            root, name, validate_batch(batch), rows.to_batches(max_chunksize=ROW_GROUP_ROWS),
+            mode="append", props=props, app_transaction=app_transaction,
+        )
 
 
 def transaction_version(root: str, name: str, app_id: str) -> int:

@@ -21,7 +21,7 @@ from embedding_assets.lib import lake, schemas
 from embedding_assets.lib.allocators import configure_for_streaming
 from embedding_assets.lib.batching import Batch, collate, plan_batches
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
-from embedding_assets.lib.keys import KeyIndex, claim_new, distinct_count
+from embedding_assets.lib.keys import KeyIndex, claim_new
 from embedding_assets.lib.model import TokenizerInfo
 
 RAW, REJECTED, CHUNKS, BUCKETS, EMBEDDINGS, STAGING, DOCUMENTS = (
@@ -251,7 +251,7 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         _mark(have, texts.group(same.column("text_hash")))
         current = pc.sum(pc.is_in(same.column("chunk_id"), value_set=meta.column("chunk_id").combine_chunks())).as_py() or 0
         stale = existing.num_rows - current
-        complete = stale == 0 and same.num_rows == meta.num_rows and distinct_count(same.column("chunk_id")) == meta.num_rows
+        complete = stale == 0 and same.num_rows == meta.num_rows and pc.count_distinct(same.column("chunk_id")).as_py() == meta.num_rows
     n_staged = 0 if staged is None else staged.num_rows
     if staged is not None:
         _mark(have, texts.group(staged.column("text_hash")))
