@@ -70,8 +70,9 @@ def main() -> int:
 
     import dagster as dg
 
-    from embedding_assets.defs.assets import ASSETS
-    from embedding_assets.defs.resources import LakeResource, ModelResource
+    from embedding_assets.definitions import ASSETS
+    from embedding_assets.defs.embedding.resources import ModelResource
+    from embedding_assets.defs.resources import LakeResource
     from embedding_assets.lib import lake, pipeline
 
     docs = documents(args.docs, args.chars)

@@ -19,7 +19,7 @@ from embedding_assets.lib.settings import Settings
 def _sync(args, settings: Settings) -> int:
     import dagster as dg
 
-    from embedding_assets.defs.sensors import sync_partitions
+    from embedding_assets.defs.ingest.sensors import sync_partitions
 
     if not os.environ.get("DAGSTER_HOME"):
         print("DAGSTER_HOME is not set: partitions would go to a throw-away instance. Set it to your Dagster instance folder.", file=sys.stderr)
@@ -37,7 +37,7 @@ def _sync(args, settings: Settings) -> int:
 
 
 def _engine(settings: Settings):
-    from embedding_assets.defs.resources import ModelResource
+    from embedding_assets.defs.embedding.resources import ModelResource
 
     return ModelResource().engine()
 

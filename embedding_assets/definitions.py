@@ -3,21 +3,26 @@
     raw_documents -> chunks -> length_buckets -> embeddings -> document_embeddings
     (each a Delta table under EMBEDDING_LAKE, one dynamic partition per landed batch)
 
+- `defs.ingest`: the landing sensor, the `embed_batch` job it launches, and raw_documents.
+- `defs.embedding`: chunks, length_buckets, embeddings (with its blocking checks) and
+  document_embeddings, and the model resource.
+- Project-wide: the lake resource both domains read, and the executor (`defs.deployment`:
+  in-process locally, a Kubernetes Job per step on k8s).
+
 Loading this module imports neither torch nor the model; the model loads in the first step
 that needs it, once per process.
 """
 
 import dagster as dg
 
-from embedding_assets.defs.assets import ASSETS
+from embedding_assets.defs import embedding, ingest
 from embedding_assets.defs.deployment import executor_def
-from embedding_assets.defs.resources import LakeResource, ModelResource
-from embedding_assets.defs.sensors import embed_batch_job, landing_sensor
+from embedding_assets.defs.resources import LakeResource
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    jobs=[embed_batch_job],
-    sensors=[landing_sensor],
-    resources={"lake": LakeResource(), "model": ModelResource()},
-    executor=executor_def(),
+ASSETS = [*ingest.ASSETS, *embedding.ASSETS]
+
+defs = dg.Definitions.merge(
+    ingest.defs,
+    embedding.defs,
+    dg.Definitions(resources={"lake": LakeResource()}, executor=executor_def()),
 )

@@ -37,8 +37,9 @@ def materialize_assets(dirs, instance, batch: str, selection=None):
     """Materializes the assets for one partition with the real resources (commit after every batch)."""
     import dagster as dg
 
-    from embedding_assets.defs.assets import ASSETS
-    from embedding_assets.defs.resources import LakeResource, ModelResource
+    from embedding_assets.definitions import ASSETS
+    from embedding_assets.defs.embedding.resources import ModelResource
+    from embedding_assets.defs.resources import LakeResource
 
     result = dg.materialize(
         ASSETS,

@@ -9,9 +9,10 @@ import pytest
 
 import dagster as dg
 
-from embedding_assets.defs import resources as resources_module
-from embedding_assets.defs.assets import ASSETS
-from embedding_assets.defs.resources import LakeResource, ModelResource
+from embedding_assets.defs.embedding import resources as resources_module
+from embedding_assets.definitions import ASSETS
+from embedding_assets.defs.embedding.resources import ModelResource
+from embedding_assets.defs.resources import LakeResource
 from embedding_assets.lib import lake, pipeline, schemas
 from embedding_assets_tests.conftest import materialize_assets, write_corpus
 

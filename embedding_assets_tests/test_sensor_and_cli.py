@@ -10,7 +10,7 @@ import pytest
 
 import dagster as dg
 
-from embedding_assets.defs.sensors import landing_sensor, sync_partitions
+from embedding_assets.defs.ingest.sensors import landing_sensor, sync_partitions
 from embedding_assets_tests.conftest import write_corpus
 
 BIN = os.path.dirname(sys.executable)

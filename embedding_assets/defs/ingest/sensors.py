@@ -5,14 +5,13 @@ import json
 
 import dagster as dg
 
-from embedding_assets.defs.assets import ASSETS
 from embedding_assets.defs.partitions import batches
 from embedding_assets.lib.landing import new_batches, landed_batches
 from embedding_assets.lib.settings import env
 
 embed_batch_job = dg.define_asset_job(
     "embed_batch",
-    selection=dg.AssetSelection.assets(*ASSETS),
+    selection=dg.AssetSelection.assets("raw_documents").downstream(),
     partitions_def=batches,
     description="Ingest, chunk, tokenize and embed one landed batch, then build its document vectors.",
 )
