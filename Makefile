@@ -36,8 +36,9 @@ demo: install $(DATA)/dagster_home/dagster.yaml
 test: install
 	$(BIN)/python -m pytest -q
 
+# The UI (http://localhost:3000) with the landing sensor running; `dg dev` reads [tool.dg] in pyproject.toml.
 ui: install $(DATA)/dagster_home/dagster.yaml
-	DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake $(BIN)/dagster dev -w workspace.yaml
+	source $(BIN)/activate && DAGSTER_HOME=$(DATA)/dagster_home EMBEDDING_LANDING=$(DATA)/landing EMBEDDING_LAKE=$(DATA)/lake dg dev
 
 clean:
 	rm -rf $(DATA)

@@ -1,9 +1,10 @@
 """The code location: every asset, check, job, sensor, resource and the executor, in one place.
 
-    raw_documents -> chunks -> length_buckets -> embeddings -> document_embeddings
+    raw_documents (+ rejected_documents) -> chunks -> length_buckets -> embeddings -> document_embeddings
     (each a Delta table under EMBEDDING_LAKE, one dynamic partition per landed batch)
 
-- `defs.ingest`: the landing sensor, the `embed_batch` job it launches, and raw_documents.
+- `defs.ingest`: the landing sensor, the `embed_batch` job it launches, and raw_documents with
+  rejected_documents (one step writes both).
 - `defs.embedding`: chunks, length_buckets, embeddings (with its blocking checks) and
   document_embeddings, and the model resource.
 - Project-wide: the lake resource both domains read, and the executor (`defs.deployment`:

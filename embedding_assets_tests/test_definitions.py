@@ -16,7 +16,7 @@ def test_loading_definitions_imports_no_torch_and_loads_no_model():
         "heavy = [m for m in ('torch', 'sentence_transformers', 'transformers', 'onnxruntime') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "keys = {k.to_user_string() for k in d.defs.resolve_asset_graph().get_all_asset_keys()}\n"
-        "assert keys == {'raw_documents', 'chunks', 'length_buckets', 'embeddings', 'document_embeddings'}, keys\n"
+        "assert keys == {'raw_documents', 'rejected_documents', 'chunks', 'length_buckets', 'embeddings', 'document_embeddings'}, keys\n"
         "assert d.defs.resolve_sensor_def('landing_sensor')\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

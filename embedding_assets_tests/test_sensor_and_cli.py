@@ -11,13 +11,14 @@ import pytest
 import dagster as dg
 
 from embedding_assets.defs.ingest.sensors import landing_sensor, sync_partitions
+from embedding_assets.defs.resources import LakeResource
 from embedding_assets_tests.conftest import write_corpus
 
 BIN = os.path.dirname(sys.executable)
 
 
 def _evaluate(instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, resources={"lake": LakeResource()})
     return landing_sensor(context), context
 
 

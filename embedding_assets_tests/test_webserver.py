@@ -45,7 +45,7 @@ def test_webserver_serves_the_asset_graph(dirs):
             time.sleep(1)
         assert data and data["assetNodes"], "the webserver did not serve the asset graph within 120 s"
         keys = {"/".join(node["assetKey"]["path"]) for node in data["assetNodes"]}
-        assert keys == {"raw_documents", "chunks", "length_buckets", "embeddings", "document_embeddings"}
+        assert keys == {"raw_documents", "rejected_documents", "chunks", "length_buckets", "embeddings", "document_embeddings"}
         assert all('"batches"' in node["partitionDefinition"]["description"] for node in data["assetNodes"])
         [repository] = data["repositoriesOrError"]["nodes"]
         assert [s["name"] for s in repository["sensors"]] == ["landing_sensor"]

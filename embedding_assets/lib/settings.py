@@ -25,6 +25,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "EMBEDDING_SETTLE_SECONDS": ("30", "The sensor takes a batch once no file in it changed for this long (or it holds a _READY file)."),
     "EMBEDDING_CACHE": ("~/.cache/embedding_assets", "Local cache: tuned batch configs and exported ONNX models."),
     "EMBEDDING_MAX_FILE_BYTES": ("268435456", "Largest input file (after decompression) that is read; bigger ones are rejected."),
+    "EMBEDDING_MAX_REJECT_FRACTION": ("0.2", "The rejected_documents check warns when a batch rejects more than this fraction of its files and records."),
     "EMBEDDING_DEPLOYMENT": ("local", "local (one process, in-process executor) or k8s (a pod per step)."),
     "DAGSTER_HOME": ("(none)", "The Dagster instance folder: run history, partitions, sensor cursors."),
 }

@@ -10,8 +10,9 @@ import threading
 from typing import Optional
 
 import dagster as dg
+from pydantic import Field
 
-from embedding_assets.lib.settings import env, env_int
+from embedding_assets.defs.resources import described, from_env
 
 _ENGINES: dict[tuple, object] = {}
 _LOCK = threading.Lock()
@@ -20,35 +21,52 @@ _LOCK = threading.Lock()
 class ModelResource(dg.ConfigurableResource):
     """The embedding model on its device and precision, with its tuned batch configuration."""
 
-    model: str = env("EMBEDDING_MODEL")
-    device: str = env("EMBEDDING_DEVICE")
-    precision: str = env("EMBEDDING_PRECISION")
-    backend: str = env("EMBEDDING_BACKEND")
-    token_budget: Optional[int] = env_int("EMBEDDING_TOKEN_BUDGET")
-    cache_dir: str = env("EMBEDDING_CACHE")
+    model: Optional[str] = Field(default=None, description=described("EMBEDDING_MODEL"))
+    device: Optional[str] = Field(default=None, description=described("EMBEDDING_DEVICE"))
+    precision: Optional[str] = Field(default=None, description=described("EMBEDDING_PRECISION"))
+    backend: Optional[str] = Field(default=None, description=described("EMBEDDING_BACKEND"))
+    token_budget: Optional[int] = Field(default=None, description=described("EMBEDDING_TOKEN_BUDGET"))
+    cache_dir: Optional[str] = Field(default=None, description=described("EMBEDDING_CACHE"))
+
+    @property
+    def model_name(self) -> str:
+        """The model id or path this resource loads (resolved from the environment when unset)."""
+        return from_env(self.model, "EMBEDDING_MODEL", str)
+
+    def _settings(self) -> tuple:
+        return (
+            self.model_name,
+            from_env(self.device, "EMBEDDING_DEVICE", str),
+            from_env(self.precision, "EMBEDDING_PRECISION", str),
+            from_env(self.backend, "EMBEDDING_BACKEND", str),
+            from_env(self.token_budget, "EMBEDDING_TOKEN_BUDGET", int),
+            os.path.expanduser(from_env(self.cache_dir, "EMBEDDING_CACHE", str)),
+        )
 
     def tokenizer(self):
         """The model's tokenizer alone (no torch, no weights): for the CPU stages."""
         from embedding_assets.lib.model import load_tokenizer
 
-        return load_tokenizer(self.model)
+        return load_tokenizer(self.model_name)
 
     def engine(self, log=None):
         """The loaded engine, built once per process for this configuration."""
-        key = (self.model, self.device, self.precision, self.backend, self.token_budget, self.cache_dir)
+        key = self._settings()
+        model, device, precision, backend, token_budget, cache_dir = key
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
                 from embedding_assets.lib.engine import build_engine
-                from embedding_assets.lib.tuning import load_tuned_budget
+                from embedding_assets.lib.tuning import DEFAULT_SOURCE, load_tuned_budget
 
-                cache_dir = os.path.expanduser(self.cache_dir)
-                engine = build_engine(self.model, self.device, self.precision, self.backend, cache_dir=cache_dir)
-                if self.token_budget:
-                    engine.token_budget, engine.budget_source = self.token_budget, "EMBEDDING_TOKEN_BUDGET"
+                engine = build_engine(model, device, precision, backend, cache_dir=cache_dir)
+                if token_budget:
+                    engine.token_budget, engine.budget_source = token_budget, "set by EMBEDDING_TOKEN_BUDGET"
                 else:
                     engine.token_budget, engine.budget_source = load_tuned_budget(engine, cache_dir)
+                    if engine.budget_source == DEFAULT_SOURCE:
+                        engine.budget_source = "default: not tuned for this model on this device (run `embedding-assets tune`)"
                 if log:
-                    log(f"loaded {engine.fingerprint} on {engine.device}; token budget {engine.token_budget} ({engine.budget_source})")
+                    log(f"loaded {engine.fingerprint} on {engine.device}; token budget {engine.token_budget}, {engine.budget_source}")
                 _ENGINES[key] = engine
             return engine
