@@ -88,6 +88,8 @@ def type_name(data_type: pa.DataType) -> str:
         return f"list<{type_name(data_type.value_type)}>"
     if pa.types.is_large_string(data_type) or pa.types.is_string(data_type):
         return "string"
+    if pa.types.is_floating(data_type):
+        return f"float{data_type.bit_width}"
     if pa.types.is_timestamp(data_type):
         return f"timestamp[{data_type.unit}, {data_type.tz}]" if data_type.tz else f"timestamp[{data_type.unit}]"
     return str(data_type)

@@ -2,8 +2,8 @@
 
 The checks are partitioned like the asset (Dagster shows each result against its batch) and are
 executed by the embeddings step itself, right after the swap; the asset can be subset, so the
-checks can also run alone for a chosen partition ("Execute" on a check in the UI, or
-`dagster asset check`/a job selecting only the checks), without embedding anything.
+checks can also run alone for a chosen partition ("Execute" on a check in the UI, which runs the
+step with only the checks selected), reading the table and embedding nothing.
 """
 
 import warnings
@@ -26,7 +26,6 @@ with warnings.catch_warnings():  # partitioned checks are a preview feature of D
         dg.AssetCheckSpec(name, asset="embeddings", blocking=True, description=description, partitions_def=batches)
         for name, description in _SPECS.items()
     ]
-
 
 def check_embeddings(lake_root: str, batch: str, engine, selected: set | None = None) -> list[dg.AssetCheckResult]:
     """The results of the checks in `EMBEDDING_CHECKS` (all, or those in `selected`) for one partition."""
