@@ -28,7 +28,7 @@ demo: install $(DATA)/dagster_home/dagster.yaml
 	set -eo pipefail; \
 	$(BIN)/embedding-assets demo-corpus --batch demo; \
 	$(BIN)/embedding-assets sync; \
-	$(BIN)/dagster asset materialize -m embedding_assets.definitions --select '*document_embeddings' --partition demo 2>&1 \
+	$(BIN)/dagster asset materialize -m embedding_assets.definitions --select '*document_embeddings,rejected_documents' --partition demo 2>&1 \
 	  | grep -E 'STEP_SUCCESS|STEP_FAILURE|RUN_SUCCESS|RUN_FAILURE|ASSET_CHECK_EVALUATION|embeddings demo:|loaded |rejected |Error'; \
 	$(BIN)/embedding-assets summary --batch demo; \
 	$(BIN)/embedding-assets search "how do I parse a JSON string" --batch demo -k 5
