@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from embedding_assets.lib.batching import iter_batches
-from embedding_assets.lib.engine import EngineStats, build_engine, pick_device, pick_precision
+from embedding_assets.lib.encoders import EngineStats, build_engine, pick_device, pick_precision
 
 TEXTS = [f"Sentence number {i} talks about {topic}." for i, topic in enumerate(["cats", "Delta tables", "GPUs", "rivers"] * 10)]
 

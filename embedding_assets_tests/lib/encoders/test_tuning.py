@@ -7,9 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from embedding_assets.lib import tuning
+from embedding_assets.lib.encoders import tuning
 from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET
-from embedding_assets.lib.engine import EncoderEngine
+from embedding_assets.lib.encoders import EncoderEngine
 
 
 def fake_engine(fingerprint="model@abc/mean/norm/max256/fp32/torch", precision="fp32", device="cpu"):
