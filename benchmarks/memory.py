@@ -58,7 +58,7 @@ def tiny_model(folder: Path, hidden: int = 384, layers: int = 1, heads: int = 6,
         from sentence_transformers.models import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
 
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     bundled = Path(resolve_model("bundled"))
     raw = folder.with_name(folder.name + "-hf")
@@ -77,7 +77,7 @@ def tiny_model(folder: Path, hidden: int = 384, layers: int = 1, heads: int = 6,
 
 
 def words(tokenizer_model: str) -> list[str]:
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     vocab = load_tokenizer(tokenizer_model).tokenizer.get_vocab()
     return sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2)
@@ -87,7 +87,7 @@ def build_partition(workdir: Path, batch: str, n: int, model: str, seed: int = 0
     import numpy as np
 
     from embedding_assets.lib import pipeline
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     landing, lake_root = workdir / "landing", workdir / "lake"
     folder = landing / batch
@@ -136,7 +136,7 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     from embedding_assets.lib import pipeline
-    from embedding_assets.lib.engine import build_engine
+    from embedding_assets.lib.encoders import build_engine
 
     phase["name"] = "load model"
     engine = build_engine(model, device="cpu", precision="fp32", backend=backend)
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], args.child[1], args.model, args.token_budget, args.commit_seconds, args.backend)))
         return 0
 
-    from embedding_assets.lib.tuning import cpu_model_name
+    from embedding_assets.lib.encoders.tuning import cpu_model_name
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="memory-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -71,7 +71,7 @@ def quiet(_msg: str) -> None:
 
 
 def cpu_name() -> str:
-    from embedding_assets.lib.tuning import cpu_model_name
+    from embedding_assets.lib.encoders.tuning import cpu_model_name
 
     return cpu_model_name()
 
@@ -82,7 +82,7 @@ def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, ove
     """Lands the demo corpus and runs raw_documents, chunks and length_buckets into workdir/lake."""
     from embedding_assets.lib import pipeline
     from embedding_assets.lib.demo import MODULES, build_demo_corpus
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     landing, lake_root = workdir / "landing", workdir / "lake"
     info = build_demo_corpus(str(landing / BATCH), modules=MODULES[:modules] if modules else None)
@@ -160,7 +160,7 @@ def padded_fraction_st(texts: list[str], lengths: np.ndarray, batch: int = 32) -
 
 def run_engine(engine, corpus: dict, budget: int):
     from embedding_assets.lib.batching import iter_batches
-    from embedding_assets.lib.engine import EngineStats
+    from embedding_assets.lib.encoders import EngineStats
 
     stats = EngineStats()
     out = np.zeros((len(corpus["sorted_ids"]), engine.dimension), dtype=np.float32)
@@ -171,7 +171,7 @@ def run_engine(engine, corpus: dict, budget: int):
 
 def make_method(name: str, corpus: dict, model: str, budget: int, cache_dir: str):
     """(run() -> (vectors in file order, padded fraction), note) for one method, loaded and warmed up."""
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     texts = corpus["texts"]
     if name in ("plain", "st-all"):
@@ -182,7 +182,7 @@ def make_method(name: str, corpus: dict, model: str, budget: int, cache_dir: str
         if name == "plain":
             return (lambda: (np.concatenate([st.encode(texts[i:i + 64], batch_size=64) for i in range(0, len(texts), 64)]), padded_fraction_plain(corpus["lengths_file"]))), None
         return (lambda: (st.encode(texts), padded_fraction_st(texts, corpus["lengths_file"]))), None
-    from embedding_assets.lib.engine import build_engine
+    from embedding_assets.lib.encoders import build_engine
 
     engine = build_engine(model, device="cpu", precision="fp32", backend=name, cache_dir=cache_dir)
     first = engine.backends[0]
@@ -283,7 +283,7 @@ def in_process(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
 
 def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int, backends: list[str], cache_dir: str, log=print) -> dict:
     from embedding_assets.lib import lake, pipeline, schemas
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     import pyarrow.parquet as pq
 

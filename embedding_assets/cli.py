@@ -66,7 +66,7 @@ def _summary(args, settings: Settings) -> int:
 
 
 def _tune(args, settings: Settings) -> int:
-    from embedding_assets.lib.tuning import tune
+    from embedding_assets.lib.encoders.tuning import tune
 
     result = tune(_engine(settings), quick=args.quick, cache_dir=settings.cache_dir)
     print(f"chosen token budget: {result['chosen']} ({result['device']}, {result['precision']})")

@@ -67,7 +67,7 @@ def test_chain_writes_contract_tables_and_matches_sentence_transformers(dirs, in
     # The vectors are sentence-transformers' own, on the same chunk texts.
     from sentence_transformers import SentenceTransformer
 
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     texts = dict(zip(chunks.column("chunk_id").to_pylist(), chunks.column("text").to_pylist()))
     ids = emb.column("chunk_id").to_pylist()

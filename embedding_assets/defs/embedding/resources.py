@@ -29,7 +29,7 @@ class ModelResource(dg.ConfigurableResource):
 
     def tokenizer(self):
         """The model's tokenizer alone (no torch, no weights): for the CPU stages."""
-        from embedding_assets.lib.model import load_tokenizer
+        from embedding_assets.lib.encoders import load_tokenizer
 
         return load_tokenizer(self.model)
 
@@ -39,8 +39,8 @@ class ModelResource(dg.ConfigurableResource):
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                from embedding_assets.lib.engine import build_engine
-                from embedding_assets.lib.tuning import load_tuned_budget
+                from embedding_assets.lib.encoders import build_engine
+                from embedding_assets.lib.encoders.tuning import load_tuned_budget
 
                 cache_dir = os.path.expanduser(self.cache_dir)
                 engine = build_engine(self.model, self.device, self.precision, self.backend, cache_dir=cache_dir)
