@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, format_cap, over_cap_after_decoding
-from embedding_assets.lib.readers.records import Records, missing_columns_problem
+from embedding_assets.lib.readers.records import Records, columns_problem
 
 SUFFIXES = (".parquet",)
 
@@ -89,7 +89,7 @@ def _decoded_size_problem(parquet: pq.ParquetFile, cap: int) -> str | None:
 
 
 def _schema_problem(schema: pa.Schema) -> str | None:
-    problem = missing_columns_problem(schema.names)
+    problem = columns_problem(schema.names)
     if problem is not None:
         return problem
     id_type = _value_type(schema.field("id").type)

@@ -75,13 +75,13 @@ def record_id_of(value: object) -> tuple[str | None, str | None]:
     return nfc(value), None
 
 
-def missing_columns_problem(names: list[str]) -> str | None:
-    """Why a table with these column names lacks the 'id' and 'text' columns, or None."""
-    missing = [name for name in ("id", "text") if name not in names]
+def columns_problem(names: list[str], required: tuple[str, ...] = ("id", "text"), optional: tuple[str, ...] = ()) -> str | None:
+    """Why a table with these column names lacks a required column or repeats one it reads, or None."""
+    missing = [name for name in required if name not in names]
     if missing:
         listed = ", ".join(f"'{name}'" for name in missing)
         return f"missing required column(s) {listed}; found columns: {', '.join(names) or '(none)'}"
-    for name in ("id", "text"):
+    for name in (*required, *optional):
         if names.count(name) > 1:
             return f"column '{name}' appears more than once"
     return None
