@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from embedding_assets.lib.readers import html, jsonl, parquet, text
+from embedding_assets.lib.readers import csv_reader, html, jsonl, parquet, text
 from embedding_assets.lib.readers.base import Reader, Rejected
 from embedding_assets.lib.readers.compression import SUFFIX as COMPRESSED_SUFFIX
 from embedding_assets.lib.readers.compression import max_stored_bytes, split_compression
@@ -23,6 +23,7 @@ FORMATS = (
     html,
     jsonl,
     parquet,
+    csv_reader,
 )
 
 READERS: dict[str, Reader] = {suffix: fmt.read for fmt in FORMATS for suffix in fmt.SUFFIXES}
