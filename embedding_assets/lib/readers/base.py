@@ -1,12 +1,14 @@
 """What every reader shares: the documents and rejections it yields, and the text clean-up.
 
 A reader is a function `read(file: LandedFile) -> Iterator[Document | Rejection]` over one file's
-bytes (already decompressed and capped by the batch walk). Every text and id it yields is cleaned
-the same way: no lone surrogates, no NUL, NFC-normalized, and an empty text becomes a Rejection.
+bytes (already decompressed and capped by the batch walk); a text format wraps it in `text_format`.
+Every text and id it yields is cleaned the same way: no lone surrogates, no NUL, NFC-normalized,
+and an empty text becomes a Rejection.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -54,6 +56,19 @@ class LandedFile:
 
 
 Reader = Callable[[LandedFile], Iterator[Document | Rejection]]
+
+
+def text_format(read: Reader) -> Reader:
+    """For a format that is text: a file that looks binary is rejected before `read` sees it."""
+
+    @functools.wraps(read)
+    def checked(file: LandedFile) -> Iterator[Document | Rejection]:
+        reason = binary_reason(file.data)
+        if reason is not None:
+            return iter([Rejection(file.relpath, None, reason)])
+        return read(file)
+
+    return checked
 
 
 class Rejected(Exception):

@@ -17,17 +17,14 @@ import io
 import sys
 from collections.abc import Iterator
 
-from embedding_assets.lib.readers.base import UTF8_BOM, Document, LandedFile, Rejection, binary_reason, has_surrogates, nfc
+from embedding_assets.lib.readers.base import UTF8_BOM, Document, LandedFile, Rejection, has_surrogates, nfc, text_format
 from embedding_assets.lib.readers.records import Records, columns_problem
 
 SUFFIXES = (".csv",)
 
 
+@text_format
 def read(file: LandedFile) -> Iterator[Document | Rejection]:
-    binary = binary_reason(file.data)
-    if binary is not None:
-        yield Rejection(file.relpath, None, binary)
-        return
     # surrogateescape keeps each invalid byte as one recoverable character, so a bad byte spoils
     # only its own cell: a text cell is then decoded with replacement, an id cell rejected.
     start = 3 if file.data[:3] == UTF8_BOM else 0

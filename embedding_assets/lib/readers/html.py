@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
-from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, binary_reason, decode_utf8, to_document
+from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, decode_utf8, text_format, to_document
 
 SUFFIXES = (".html", ".htm")
 
@@ -27,11 +27,8 @@ _LINE_TAGS = frozenset({"br", "caption", "dd", "dt", "li", "option", "summary", 
 _CELL_TAGS = frozenset({"td", "th"})
 
 
+@text_format
 def read(file: LandedFile) -> Iterator[Document | Rejection]:
-    binary = binary_reason(file.data)
-    if binary is not None:
-        yield Rejection(file.relpath, None, binary)
-        return
     relpath = file.relpath
     markup, flags = decode_utf8(file.data)
     del file  # the bytes are decoded: let them go before the page is parsed

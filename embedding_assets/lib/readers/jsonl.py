@@ -8,17 +8,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
-from embedding_assets.lib.readers.base import UTF8_BOM, Document, LandedFile, Rejection, binary_reason, decode_utf8
+from embedding_assets.lib.readers.base import UTF8_BOM, Document, LandedFile, Rejection, decode_utf8, text_format
 from embedding_assets.lib.readers.records import Records, json_type, record_id_of
 
 SUFFIXES = (".jsonl",)
 
 
+@text_format
 def read(file: LandedFile) -> Iterator[Document | Rejection]:
-    binary = binary_reason(file.data)
-    if binary is not None:
-        yield Rejection(file.relpath, None, binary)
-        return
     data = file.data
     records = Records(file.relpath, file.file_paths, "line")
     start, end_of_data, line_no = 0, len(data), 0

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, binary_reason, decode_utf8, to_document
+from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, decode_utf8, text_format, to_document
 
 SUFFIXES = (".txt", ".md", ".rst")
 
 
+@text_format
 def read(file: LandedFile) -> Iterator[Document | Rejection]:
-    binary = binary_reason(file.data)
-    if binary is not None:
-        yield Rejection(file.relpath, None, binary)
-        return
     relpath = file.relpath
     text, flags = decode_utf8(file.data)
     del file  # the bytes are decoded: let them go before the document is built
