@@ -76,7 +76,8 @@ def test_download_batch_from_s3_then_read_it(s3, tmp_path):
     _put(client, bucket, "landing/b1/.hidden", b"never copied")
     _put(client, bucket, "landing/b10/other.txt", b"another batch with a common prefix")
     dest = tmp_path / "b1"
-    skipped = [name for name, _reason in download_batch_with_reasons(f"s3://{bucket}/landing", "b1", str(dest), max_file_bytes=100)]
+    reasons = download_batch_with_reasons(f"s3://{bucket}/landing", "b1", str(dest), max_file_bytes=100)
+    skipped = [name for name, _reason in reasons]
     assert skipped == ["big.txt"]
     reasons = download_batch_with_reasons(f"s3://{bucket}/landing", "b1", str(tmp_path / "again"), 100)
     assert reasons == [("big.txt", "file is larger than the 100-byte limit (500 bytes)")]
