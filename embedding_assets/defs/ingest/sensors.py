@@ -6,7 +6,7 @@ import json
 import dagster as dg
 
 from embedding_assets.defs.partitions import batches
-from embedding_assets.lib.landing import new_batches, landed_batches
+from embedding_assets.lib.storage import landed_batches, new_batches
 from embedding_assets.lib.settings import env
 
 embed_batch_job = dg.define_asset_job(
