@@ -217,7 +217,7 @@ def gpu_step_tags() -> dict[str, Any]:
         container["image"] = image
     if gpus > 0:
         # A pod that holds a GPU must use it: EMBEDDING_DEVICE=cuda makes the model resource fail at
-        # once (embedding_assets.lib.cuda_check) on an old driver or a CPU-only torch, instead of
+        # once (embedding_assets.lib.encoders.cuda_check) on an old driver or a CPU-only torch, instead of
         # "auto" quietly embedding on the pod's CPU.
         device = os.environ.get("EMBEDDING_DEVICE", "").strip().lower()
         if device == "cpu":

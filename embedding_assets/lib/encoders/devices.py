@@ -5,19 +5,15 @@ torch is imported only when a CUDA device has to be looked up, never at module i
 
 from __future__ import annotations
 
+from embedding_assets.lib.encoders.cuda_check import resolve_cuda_device
+
 
 def pick_device(device: str = "auto") -> str:
+    """EMBEDDING_DEVICE resolved; CUDA asked for (or a GPU given to this container) and unusable fails
+    here, with the reason, before any weight loads (`cuda_check`)."""
     if device not in ("auto", "cpu", "cuda") and not device.startswith("cuda:"):
         raise ValueError(f"EMBEDDING_DEVICE={device!r}: use auto, cpu, cuda or cuda:N")
-    if device == "cpu":
-        return "cpu"
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"EMBEDDING_DEVICE={device!r} but torch sees no CUDA device")
-    return device
+    return resolve_cuda_device(device)
 
 
 def pick_precision(precision: str, device: str) -> str:

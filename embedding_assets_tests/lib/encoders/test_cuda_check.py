@@ -1,4 +1,4 @@
-"""embedding_assets.lib.cuda_check on a CPU machine: the GPU, the driver and torch are simulated.
+"""embedding_assets.lib.encoders.cuda_check on a CPU machine: the GPU, the driver and torch are simulated.
 
 Every test passes a stand-in for the few torch calls the check makes (`FakeTorch`) and a stand-in
 for the driver's /proc version, so each failure a GPU node can have is reproduced without one.
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from embedding_assets.lib.cuda_check import CudaUnavailableError, cuda_required, nvidia_driver_version, resolve_cuda_device
+from embedding_assets.lib.encoders.cuda_check import CudaUnavailableError, cuda_required, nvidia_driver_version, resolve_cuda_device
 
 GPU_POD = {"NVIDIA_VISIBLE_DEVICES": "GPU-6f1e0c3a-0000-4000-8000-000000000000"}
 
@@ -157,6 +157,6 @@ def test_driver_version_from_proc(tmp_path):
 
 
 def test_command_line(capsys):
-    from embedding_assets.lib import cuda_check
+    from embedding_assets.lib.encoders import cuda_check
 
     assert cuda_check.main(["cpu"]) == 0 and capsys.readouterr().out.strip() == "cpu"

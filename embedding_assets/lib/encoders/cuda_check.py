@@ -195,7 +195,7 @@ def resolve_cuda_device(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m embedding_assets.lib.cuda_check [DEVICE]`: prints the device, or why CUDA is unusable."""
+    """`python -m embedding_assets.lib.encoders.cuda_check [DEVICE]`: prints the device, or why CUDA is unusable."""
     import sys
 
     args = sys.argv[1:] if argv is None else argv
