@@ -40,7 +40,7 @@ def document(base: str, chars: int) -> str:
 
 def child(impl: str, mb: float, max_tokens: int, overlap: int, corpus_path: str) -> None:
     from embedding_assets.lib.chunking import Chunker
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     tokenizer = load_tokenizer("bundled").tokenizer
     with open(corpus_path, encoding="utf-8") as handle:  # one text for every run (pydoc shows addresses)
@@ -76,7 +76,7 @@ def pool_throughput(workers: int, docs: int, max_tokens: int, overlap: int, per_
     import pyarrow as pa
 
     from embedding_assets.lib import parallel
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     tokenizer = load_tokenizer("bundled").tokenizer
     base = corpus()

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedding_assets.lib.chunking import Chunk, Chunker, chunk_id, text_hash
-from embedding_assets.lib.model import load_tokenizer
+from embedding_assets.lib.encoders import load_tokenizer
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -765,7 +765,7 @@ def test_chunking_a_large_document_stays_within_a_few_times_its_size():
         """
         import json, pydoc, resource, sys
         from embedding_assets.lib.chunking import Chunker
-        from embedding_assets.lib.model import load_tokenizer
+        from embedding_assets.lib.encoders import load_tokenizer
         c = Chunker(load_tokenizer("bundled").tokenizer, 256, overlap=32)
         base = pydoc.render_doc(json, renderer=pydoc.plaintext)
         text = (base * (4_000_000 // len(base) + 1))[:4_000_000]

@@ -12,7 +12,7 @@ import pytest
 
 from embedding_assets.lib import parallel
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
-from embedding_assets.lib.model import load_tokenizer
+from embedding_assets.lib.encoders import load_tokenizer
 
 
 @functools.cache
