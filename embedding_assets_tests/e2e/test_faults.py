@@ -30,7 +30,8 @@ from deltalake.exceptions import CommitFailedError
 
 from embedding_assets.defs.assets import ASSETS, RETRY
 from embedding_assets.defs.resources import LakeResource, ModelResource
-from embedding_assets.lib import lake, pipeline
+from embedding_assets.lib import lake, stages
+from embedding_assets.lib.lake import tables
 
 BIN = os.path.dirname(sys.executable)
 BATCH = "b1"
@@ -69,9 +70,9 @@ def prepare(dirs, docs: dict[str, str], batch: str = BATCH) -> None:
     """raw_documents, chunks and length_buckets for a batch, with the stage functions."""
     write_docs(os.path.join(dirs["landing"], batch), docs)
     tokenizer = engine().tokenizer
-    pipeline.ingest_batch(dirs["landing"], dirs["lake"], batch, 2**20, log=quiet)
-    pipeline.chunk_batch(dirs["lake"], batch, tokenizer, None, 32, log=quiet)
-    pipeline.bucket_batch(dirs["lake"], batch, tokenizer, log=quiet)
+    stages.ingest_batch(dirs["landing"], dirs["lake"], batch, 2**20, log=quiet)
+    stages.chunk_batch(dirs["lake"], batch, tokenizer, None, 32, log=quiet)
+    stages.bucket_batch(dirs["lake"], batch, tokenizer, log=quiet)
 
 
 def resources(dirs, commit_seconds: float = 0.0) -> dict:
@@ -94,14 +95,14 @@ def events(result, event_type: str) -> list:
 
 
 def assert_one_vector_per_chunk(lake_root: str, batch: str = BATCH) -> None:
-    chunks = lake.read_partition(lake_root, pipeline.CHUNKS, batch, columns=["chunk_id", "text_hash"])
-    emb = lake.read_partition(lake_root, pipeline.EMBEDDINGS, batch, columns=["chunk_id", "text_hash", "model"])
+    chunks = lake.read_partition(lake_root, tables.CHUNKS, batch, columns=["chunk_id", "text_hash"])
+    emb = lake.read_partition(lake_root, tables.EMBEDDINGS, batch, columns=["chunk_id", "text_hash", "model"])
     assert sorted(emb.column("chunk_id").to_pylist()) == sorted(chunks.column("chunk_id").to_pylist())  # no duplicates, no gaps
     assert len(pc.unique(emb.column("model"))) == 1
 
 
 def staging_rows(lake_root: str, batch: str = BATCH) -> pa.Table | None:
-    return lake.read_partition(lake_root, pipeline.STAGING, batch, columns=["text_hash", "model"])
+    return lake.read_partition(lake_root, tables.STAGING, batch, columns=["text_hash", "model"])
 
 
 def quiet(message: str) -> None:
@@ -117,7 +118,7 @@ def test_sigkill_mid_embedding_then_rerun_resumes_with_exactly_one_vector_per_ch
     with dg.instance_for_test(temp_dir=dirs["home"]) as instance:
         instance.add_dynamic_partitions("batches", [BATCH])
         materialize(dirs, instance, ["raw_documents", "chunks", "length_buckets"])
-        chunks = lake.read_partition(dirs["lake"], pipeline.CHUNKS, BATCH, columns=["chunk_id", "text_hash"])
+        chunks = lake.read_partition(dirs["lake"], tables.CHUNKS, BATCH, columns=["chunk_id", "text_hash"])
         distinct = len(set(chunks.column("text_hash").to_pylist()))
         assert distinct == 32
 
@@ -155,7 +156,7 @@ def test_sigkill_mid_embedding_then_rerun_resumes_with_exactly_one_vector_per_ch
         checkpointed = staged.num_rows
         assert 0 < checkpointed < distinct, "the kill should land mid-embedding"
         assert len(set(staged.column("text_hash").to_pylist())) == checkpointed
-        emb = lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH)
+        emb = lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH)
         assert emb is None or emb.num_rows == 0  # nothing was swapped in by the killed run
 
         result = materialize(dirs, instance, ["embeddings"])
@@ -176,7 +177,7 @@ REAL_COMMIT = deltalake.DeltaTable.create_write_transaction
 
 
 def _is_staging_append(table, mode) -> bool:
-    return str(table.table_uri).rstrip("/").endswith(pipeline.STAGING) and mode == "append"
+    return str(table.table_uri).rstrip("/").endswith(tables.STAGING) and mode == "append"
 
 
 def _parquet_files(folder: str) -> set[str]:
@@ -189,31 +190,31 @@ def test_commit_failing_after_its_data_file_was_written_leaves_no_duplicates(dir
     prepare(dirs, {f"d{i}.txt": prose(100 + i, 2) for i in range(12)})
     staging_appends = []
     left_behind = []
-    folder = os.path.join(dirs["lake"], pipeline.STAGING, f"batch={BATCH}")
+    folder = os.path.join(dirs["lake"], tables.STAGING, f"batch={BATCH}")
 
     def crash_before_commit(self, actions, mode, *args, **kwargs):
         if _is_staging_append(self, mode):
             staging_appends.append(sum(json.loads(a.stats)["numRecords"] for a in actions))
             if len(staging_appends) == 2:
                 left_behind.extend(a.path for a in actions)
-                assert all(os.path.exists(os.path.join(dirs["lake"], pipeline.STAGING, path)) for path in left_behind)
+                assert all(os.path.exists(os.path.join(dirs["lake"], tables.STAGING, path)) for path in left_behind)
                 raise OSError("simulated crash: data file written, commit not")
         return REAL_COMMIT(self, actions, mode, *args, **kwargs)
 
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", crash_before_commit)
     with pytest.raises(OSError, match="simulated crash"):
-        pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
+        stages.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", REAL_COMMIT)
 
-    assert left_behind and not any(os.path.exists(os.path.join(dirs["lake"], pipeline.STAGING, p)) for p in left_behind)
+    assert left_behind and not any(os.path.exists(os.path.join(dirs["lake"], tables.STAGING, p)) for p in left_behind)
     committed = staging_rows(dirs["lake"])
     assert committed.num_rows == staging_appends[0]
     fingerprint = engine().fingerprint
-    assert lake.transaction_version(dirs["lake"], pipeline.STAGING, f"embeddings/{BATCH}/{fingerprint}") == 0  # only the first commit
-    referenced = {os.path.basename(u) for u in lake.open_table(dirs["lake"], pipeline.STAGING).file_uris()}
+    assert lake.transaction_version(dirs["lake"], tables.STAGING, f"embeddings/{BATCH}/{fingerprint}") == 0  # only the first commit
+    referenced = {os.path.basename(u) for u in lake.open_table(dirs["lake"], tables.STAGING).file_uris()}
     assert _parquet_files(folder) == referenced  # no data file outside the log
 
-    result = pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)  # the retry
+    result = stages.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)  # the retry
     assert result["resumed_from_checkpoint"] == staging_appends[0]
     assert result["embedded_texts"] + result["resumed_from_checkpoint"] == result["distinct_texts"]
     assert_one_vector_per_chunk(dirs["lake"])
@@ -233,13 +234,13 @@ def test_commit_that_landed_but_raised_is_not_written_again(dirs, monkeypatch):
         return out
 
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", lost_reply)
-    result = pipeline.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
+    result = stages.embed_batch(dirs["lake"], BATCH, engine(), token_budget=64, commit_seconds=0.0, log=quiet)
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", REAL_COMMIT)
     assert result["commits"] >= 3 and len(staging_appends) == result["commits"]
     assert_one_vector_per_chunk(dirs["lake"])
 
     # The staging table just before its rows were cleared: every text once.
-    table = lake.open_table(dirs["lake"], pipeline.STAGING)
+    table = lake.open_table(dirs["lake"], tables.STAGING)
     table.load_as_version(table.version() - 1)
     staged = table.to_pyarrow_table(columns=["text_hash"])
     assert staged.num_rows == result["distinct_texts"] == len(set(staged.column("text_hash").to_pylist()))
@@ -337,7 +338,7 @@ def test_streamed_first_write_that_loses_the_create_race_still_lands(dirs, monke
     """Another writer creates the table between our existence check and our write (deterministic)."""
     root = dirs["lake"]
     lake.replace_partition(root, "t", "other", pa.table({"batch": ["other"], "x": [0]}))
-    real_exists = lake.exists
+    real_exists = lake.io.exists
     stale = [True]  # the first check still sees no table: the race window
 
     def stale_exists(r, name):
@@ -346,10 +347,10 @@ def test_streamed_first_write_that_loses_the_create_race_still_lands(dirs, monke
             return False
         return real_exists(r, name)
 
-    monkeypatch.setattr(lake, "exists", stale_exists)
+    monkeypatch.setattr(lake.io, "exists", stale_exists)
     rows = pa.table({"batch": ["mine"] * 2, "x": [1, 2]})
     lake.replace_partition(root, "t", "mine", pa.RecordBatchReader.from_batches(rows.schema, rows.to_batches()))
-    monkeypatch.setattr(lake, "exists", real_exists)
+    monkeypatch.setattr(lake.io, "exists", real_exists)
     assert sorted(lake.read_partition(root, "t", "mine").column("x").to_pylist()) == [1, 2]
     assert lake.read_partition(root, "t", "other").column("x").to_pylist() == [0]
 
@@ -365,11 +366,11 @@ def test_pipeline_stages_on_two_partitions_at_once_from_empty_tables(dirs):
     def run(batch):
         try:
             barrier.wait()
-            pipeline.ingest_batch(dirs["landing"], dirs["lake"], batch, 2**20, log=quiet)
-            pipeline.chunk_batch(dirs["lake"], batch, eng.tokenizer, None, 32, log=quiet)
-            pipeline.bucket_batch(dirs["lake"], batch, eng.tokenizer, log=quiet)
-            pipeline.embed_batch(dirs["lake"], batch, eng, token_budget=128, commit_seconds=0.0, log=quiet)
-            pipeline.document_vectors(dirs["lake"], batch, log=quiet)
+            stages.ingest_batch(dirs["landing"], dirs["lake"], batch, 2**20, log=quiet)
+            stages.chunk_batch(dirs["lake"], batch, eng.tokenizer, None, 32, log=quiet)
+            stages.bucket_batch(dirs["lake"], batch, eng.tokenizer, log=quiet)
+            stages.embed_batch(dirs["lake"], batch, eng, token_budget=128, commit_seconds=0.0, log=quiet)
+            stages.document_vectors(dirs["lake"], batch, log=quiet)
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -381,7 +382,7 @@ def test_pipeline_stages_on_two_partitions_at_once_from_empty_tables(dirs):
     assert not errors, errors
     for batch in ("left", "right"):
         assert_one_vector_per_chunk(dirs["lake"], batch)
-        assert lake.read_partition(dirs["lake"], pipeline.DOCUMENTS, batch).num_rows == 4
+        assert lake.read_partition(dirs["lake"], tables.DOCUMENTS, batch).num_rows == 4
         assert staging_rows(dirs["lake"], batch).num_rows == 0
 
 
@@ -457,7 +458,7 @@ def test_embeddings_step_retries_while_another_process_holds_the_partition(dirs,
 def test_transient_error_is_retried_by_the_retry_policy(dirs, monkeypatch):
     assert RETRY.max_retries >= 1 and RETRY.delay and RETRY.backoff == dg.Backoff.EXPONENTIAL
     write_docs(os.path.join(dirs["landing"], BATCH), {"a.txt": "A document that is read on the second attempt."})
-    real = pipeline.ingest_batch
+    real = stages.ingest_batch
     attempts = []
 
     def flaky(*args, **kwargs):
@@ -466,7 +467,7 @@ def test_transient_error_is_retried_by_the_retry_policy(dirs, monkeypatch):
             raise OSError("simulated storage hiccup")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "ingest_batch", flaky)
+    monkeypatch.setattr(stages, "ingest_batch", flaky)
     with dg.instance_for_test(temp_dir=dirs["home"]) as instance:
         instance.add_dynamic_partitions("batches", [BATCH])
         result = materialize(dirs, instance, ["raw_documents"])
@@ -500,9 +501,9 @@ def test_new_fingerprint_keeps_old_vectors_visible_until_the_new_set_is_complete
     with dg.instance_for_test(temp_dir=dirs["home"]) as instance:
         instance.add_dynamic_partitions("batches", [BATCH])
         materialize(dirs, instance, ["raw_documents", "chunks", "length_buckets", "embeddings"])
-        table = lake.open_table(dirs["lake"], pipeline.EMBEDDINGS)
+        table = lake.open_table(dirs["lake"], tables.EMBEDDINGS)
         before_version = table.version()
-        before = lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH)
+        before = lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH)
         assert set(before.column("model").to_pylist()) == {old.fingerprint}
 
         # The new fingerprint's run fails part-way, after some of its vectors were checkpointed.
@@ -516,12 +517,12 @@ def test_new_fingerprint_keeps_old_vectors_visible_until_the_new_set_is_complete
 
         new.encode_batches = encode_then_fail
         with pytest.raises(RuntimeError, match="GPU node went away"):
-            pipeline.embed_batch(dirs["lake"], BATCH, new, token_budget=64, commit_seconds=0.0, log=quiet)
+            stages.embed_batch(dirs["lake"], BATCH, new, token_budget=64, commit_seconds=0.0, log=quiet)
         staged = staging_rows(dirs["lake"])
         assert staged.num_rows >= 1 and set(staged.column("model").to_pylist()) == {new.fingerprint}
         # Readers still see the old, complete set: same table version, same rows.
-        assert lake.open_table(dirs["lake"], pipeline.EMBEDDINGS).version() == before_version
-        assert lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH).equals(before)
+        assert lake.open_table(dirs["lake"], tables.EMBEDDINGS).version() == before_version
+        assert lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH).equals(before)
         assert_one_vector_per_chunk(dirs["lake"])
 
         # A full run under the new fingerprint resumes and swaps the partition in one commit.
@@ -533,8 +534,8 @@ def test_new_fingerprint_keeps_old_vectors_visible_until_the_new_set_is_complete
     assert md["embedded_texts"] == md["distinct_texts"] - staged.num_rows
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["single_fingerprint"] and all(checks.values()), checks
-    table = lake.open_table(dirs["lake"], pipeline.EMBEDDINGS)
+    table = lake.open_table(dirs["lake"], tables.EMBEDDINGS)
     assert table.version() == before_version + 1  # one commit: old set out, new set in
-    after = lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH)
+    after = lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH)
     assert set(after.column("model").to_pylist()) == {new.fingerprint}
     assert_one_vector_per_chunk(dirs["lake"])

@@ -21,7 +21,8 @@ import dagster as dg
 
 from embedding_assets.defs.assets import ASSETS
 from embedding_assets.defs.resources import LakeResource, ModelResource
-from embedding_assets.lib import lake, pipeline, schemas
+from embedding_assets.lib import lake, stages
+from embedding_assets.lib.lake import tables
 
 BATCH = "bad-input"
 CAP = 2 * 2**20  # 2 MiB: the 1 MB document fits, the bomb does not
@@ -135,7 +136,7 @@ def test_every_bad_input_is_recorded_and_every_readable_document_embedded(dirs, 
     assert result.success
 
     root = dirs["lake"]
-    raw = lake.read_partition(root, pipeline.RAW, BATCH)
+    raw = lake.read_partition(root, tables.RAW, BATCH)
     assert sorted(raw.column("doc_id").to_pylist()) == sorted(readable)
     texts = dict(zip(raw.column("doc_id").to_pylist(), raw.column("text").to_pylist()))
     flags = dict(zip(raw.column("doc_id").to_pylist(), raw.column("flags").to_pylist()))
@@ -146,7 +147,7 @@ def test_every_bad_input_is_recorded_and_every_readable_document_embedded(dirs, 
     assert not any("outside the batch and must never" in t for t in texts.values())
 
     # Every unreadable file or record: file, record and reason, in the table and in the run's metadata.
-    rejected = lake.read_partition(root, pipeline.REJECTED, BATCH)
+    rejected = lake.read_partition(root, tables.REJECTED, BATCH)
     rows = {(s, r): reason for s, r, reason in zip(*(rejected.column(c).to_pylist() for c in ("source", "record", "reason")))}
     assert set(rows) == set(expected_rejections)
     for key, fragment in expected_rejections.items():
@@ -159,8 +160,8 @@ def test_every_bad_input_is_recorded_and_every_readable_document_embedded(dirs, 
         assert f"{source}{' ' + record if record else ''}: " in raw_md["rejections"]
 
     # Every readable document is embedded; nothing is written twice.
-    chunks = lake.read_partition(root, pipeline.CHUNKS, BATCH, columns=["doc_id", "chunk_id", "text_hash", "n_tokens"])
-    emb = lake.read_partition(root, pipeline.EMBEDDINGS, BATCH, columns=["doc_id", "chunk_id", "text_hash", "embedding"])
+    chunks = lake.read_partition(root, tables.CHUNKS, BATCH, columns=["doc_id", "chunk_id", "text_hash", "n_tokens"])
+    emb = lake.read_partition(root, tables.EMBEDDINGS, BATCH, columns=["doc_id", "chunk_id", "text_hash", "embedding"])
     with_tokens = set(chunks.column("doc_id").to_pylist())
     assert with_tokens == readable
     assert set(emb.column("doc_id").to_pylist()) == with_tokens
@@ -170,7 +171,7 @@ def test_every_bad_input_is_recorded_and_every_readable_document_embedded(dirs, 
     assert pc.max(chunks.column("n_tokens")).as_py() <= 256
     for check in result.get_asset_check_evaluations():
         assert check.passed, check.check_name
-    docs = lake.read_partition(root, pipeline.DOCUMENTS, BATCH, columns=["doc_id"])
+    docs = lake.read_partition(root, tables.DOCUMENTS, BATCH, columns=["doc_id"])
     assert sorted(docs.column("doc_id").to_pylist()) == sorted(readable)
 
     # Identical chunk texts are embedded once: the 1 MB line is hundreds of chunks but a few texts.
@@ -186,7 +187,7 @@ def test_every_bad_input_is_recorded_and_every_readable_document_embedded(dirs, 
     assert long_doc.num_rows >= 100  # a very long document, chunked
 
     # Duplicate files: two documents, the same vector.
-    vectors = schemas.arrow_to_vectors(emb.column("embedding"))
+    vectors = tables.arrow_to_vectors(emb.column("embedding"))
     by_doc = {d: vectors[i] for i, d in enumerate(emb.column("doc_id").to_pylist()) if d in ("dup_a.txt", "copies/dup_a.txt")}
     assert len(by_doc) == 2 and np.allclose(by_doc["dup_a.txt"], by_doc["copies/dup_a.txt"])
 
@@ -217,10 +218,10 @@ def _write_forms(batch_dir: str, files: dict[str, str], records: dict[str, str],
 
 def _ids(landing: str, lake_root: str, batch: str, tokenizer) -> list[tuple[str, str, str]]:
     quiet = lambda message: None  # noqa: E731
-    pipeline.ingest_batch(landing, lake_root, batch, 2**20, log=quiet)
-    pipeline.chunk_batch(lake_root, batch, tokenizer, None, 32, log=quiet)
-    raw = lake.read_partition(lake_root, pipeline.RAW, batch, columns=["doc_id", "content_hash"])
-    chunks = lake.read_partition(lake_root, pipeline.CHUNKS, batch, columns=["doc_id", "chunk_id"])
+    stages.ingest_batch(landing, lake_root, batch, 2**20, log=quiet)
+    stages.chunk_batch(lake_root, batch, tokenizer, None, 32, log=quiet)
+    raw = lake.read_partition(lake_root, tables.RAW, batch, columns=["doc_id", "content_hash"])
+    chunks = lake.read_partition(lake_root, tables.CHUNKS, batch, columns=["doc_id", "chunk_id"])
     return sorted(zip(raw.column("doc_id").to_pylist(), raw.column("content_hash").to_pylist(), ["doc"] * raw.num_rows)) + sorted(
         zip(chunks.column("doc_id").to_pylist(), chunks.column("chunk_id").to_pylist(), ["chunk"] * chunks.num_rows)
     )

@@ -8,7 +8,8 @@ import dagster as dg
 import pyarrow.compute as pc
 import pytest
 
-from embedding_assets.lib import lake, pipeline
+from embedding_assets.lib import lake
+from embedding_assets.lib.lake import tables
 from embedding_assets_tests.conftest import materialize_assets
 
 BATCH = "inc"
@@ -50,11 +51,11 @@ def _write(batch_dir: str, name: str, text: str) -> None:
 
 
 def _versions(lake_root: str) -> tuple[int, int]:
-    return lake.open_table(lake_root, pipeline.EMBEDDINGS).version(), lake.open_table(lake_root, pipeline.STAGING).version()
+    return lake.open_table(lake_root, tables.EMBEDDINGS).version(), lake.open_table(lake_root, tables.STAGING).version()
 
 
 def _chunks(lake_root: str, doc_id: str | None = None):
-    table = lake.read_partition(lake_root, pipeline.CHUNKS, BATCH, columns=["doc_id", "chunk_id", "text_hash"])
+    table = lake.read_partition(lake_root, tables.CHUNKS, BATCH, columns=["doc_id", "chunk_id", "text_hash"])
     return table if doc_id is None else table.filter(pc.equal(table.column("doc_id"), doc_id))
 
 
@@ -67,14 +68,14 @@ def test_unchanged_rerun_embeds_nothing_and_a_changed_document_only_its_changed_
     first = _materialize(dirs, instance)
     assert first["embedded_texts"] == first["distinct_texts"] > 24
     versions = _versions(dirs["lake"])
-    before = lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH)
+    before = lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH)
 
     # Unchanged: the whole chain again (every upstream partition rewritten with the same content), then the step alone.
     for selection in (None, ["embeddings"]):
         again = _materialize(dirs, instance, selection)
         assert again["embedded_texts"] == 0 and again["skipped"] is True and again["resumed_from_checkpoint"] == 0
         assert _versions(dirs["lake"]) == versions  # no new commit on the embeddings or staging table
-    assert lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH).equals(before)
+    assert lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH).equals(before)
 
     # One document changes its last paragraph.
     old_long = _chunks(dirs["lake"], "long.md")
@@ -92,8 +93,8 @@ def test_unchanged_rerun_embeds_nothing_and_a_changed_document_only_its_changed_
     assert changed["reused_vectors"] == changed["distinct_texts"] - len(new_texts)
 
     # One commit swapped the partition: new chunks in, vanished ones out, the rest untouched.
-    assert lake.open_table(dirs["lake"], pipeline.EMBEDDINGS).version() == embeddings_version + 1
-    after = lake.read_partition(dirs["lake"], pipeline.EMBEDDINGS, BATCH)
+    assert lake.open_table(dirs["lake"], tables.EMBEDDINGS).version() == embeddings_version + 1
+    after = lake.read_partition(dirs["lake"], tables.EMBEDDINGS, BATCH)
     assert sorted(after.column("chunk_id").to_pylist()) == sorted(_chunks(dirs["lake"]).column("chunk_id").to_pylist())
     gone = set(old_long.column("chunk_id").to_pylist()) - set(new_long.column("chunk_id").to_pylist())
     assert gone and not gone & set(after.column("chunk_id").to_pylist())

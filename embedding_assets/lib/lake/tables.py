@@ -1,9 +1,18 @@
-"""Arrow schemas of the lake's tables: the contract downstream readers rely on."""
+"""The lake's tables: their names and Arrow schemas (the contract downstream readers rely on),
+and the conversion between float32 vector matrices and Arrow vector columns."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+
+RAW = "raw_documents"
+REJECTED = "rejected_documents"
+CHUNKS = "chunks"
+BUCKETS = "length_buckets"
+EMBEDDINGS = "embeddings"
+STAGING = "_embeddings_staging"  # checkpoints of a run of the embeddings stage, before the swap
+DOCUMENTS = "document_embeddings"
 
 TS = pa.timestamp("us", tz="UTC")
 
@@ -26,7 +35,8 @@ REJECTED_DOCUMENTS = pa.schema([
     ("rejected_at", TS),
 ])
 
-CHUNKS = pa.schema([
+# Not `CHUNKS`: that is the table's name.
+CHUNKS_SCHEMA = pa.schema([
     ("batch", pa.string()),
     ("doc_id", pa.string()),
     ("chunk_id", pa.string()),
@@ -91,7 +101,6 @@ def vectors_to_arrow(vectors, dimension: int) -> pa.FixedSizeListArray:
 
 
 def arrow_to_vectors(column) -> np.ndarray:
-
     """A vector column as a float32 matrix.
 
     Delta has no fixed-size list type, so a column written as FixedSizeList reads back as a plain
