@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 import dagster as dg
 
-from embedding_assets.defs.assets import ASSETS
-from embedding_assets.defs.resources import LakeResource, ModelResource
+from embedding_assets.definitions import ASSETS
+from embedding_assets.defs.embedding.resources import ModelResource
+from embedding_assets.defs.resources import LakeResource
 from embedding_assets.lib import lake, stages
 from embedding_assets.lib.lake import tables
 

@@ -28,8 +28,10 @@ import dagster as dg
 import deltalake
 from deltalake.exceptions import CommitFailedError
 
-from embedding_assets.defs.assets import ASSETS, RETRY
-from embedding_assets.defs.resources import LakeResource, ModelResource
+from embedding_assets.definitions import ASSETS
+from embedding_assets.defs.stage import RETRY
+from embedding_assets.defs.embedding.resources import ModelResource
+from embedding_assets.defs.resources import LakeResource
 from embedding_assets.lib import lake, stages
 from embedding_assets.lib.lake import tables
 

@@ -12,7 +12,8 @@ from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
 from embedding_assets.defs.stage import STAGE, table_metadata
 from embedding_assets.lib import lake as delta
-from embedding_assets.lib import pipeline
+from embedding_assets.lib import stages
+from embedding_assets.lib.lake import tables
 
 
 @dg.asset(
@@ -26,9 +27,9 @@ def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelRe
     sequence length (special tokens included), preferring paragraph, then sentence, then word
     boundaries, with overlap. chunk_id is stable: a hash of (doc_id, chunk_index, text hash)."""
     tokenizer = model.tokenizer()
-    result = pipeline.chunk_batch(lake.lake, context.partition_key, tokenizer, lake.chunk_tokens, lake.chunk_overlap, log=context.log.info)
+    result = stages.chunk_batch(lake.lake, context.partition_key, tokenizer, lake.chunk_tokens, lake.chunk_overlap, log=context.log.info)
     result["model"] = model.model
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.CHUNKS, lake.lake))
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.CHUNKS, lake.lake))
 
 
 @dg.asset(
@@ -41,8 +42,8 @@ def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model:
     """Every chunk tokenized once on CPU (input_ids stored), assigned a 16-token length bucket and
     ordered by length (identical texts adjacent), so the embedder batches with almost no padding
     and never tokenizes."""
-    result = pipeline.bucket_batch(lake.lake, context.partition_key, model.tokenizer(), log=context.log.info)
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.BUCKETS, lake.lake))
+    result = stages.bucket_batch(lake.lake, context.partition_key, model.tokenizer(), log=context.log.info)
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.BUCKETS, lake.lake))
 
 
 @dg.asset(
@@ -61,12 +62,12 @@ def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: Mod
     batch = context.partition_key
     engine = model.engine(log=context.log.info)
     try:
-        with delta.partition_lock(lake.lake, pipeline.EMBEDDINGS, batch):
-            result = pipeline.embed_batch(lake.lake, batch, engine, commit_seconds=lake.commit_seconds, log=context.log.info)
+        with delta.partition_lock(lake.lake, tables.EMBEDDINGS, batch):
+            result = stages.embed_batch(lake.lake, batch, engine, commit_seconds=lake.commit_seconds, log=context.log.info)
     except delta.PartitionBusy as exc:
         raise dg.Failure(f"{exc}; this step retries once that run is done", allow_retries=True) from exc
     checks = check_embeddings(lake.lake, batch, engine)
-    yield dg.MaterializeResult(metadata=table_metadata(result, pipeline.EMBEDDINGS, lake.lake), check_results=checks)
+    yield dg.MaterializeResult(metadata=table_metadata(result, tables.EMBEDDINGS, lake.lake), check_results=checks)
 
 
 @dg.asset(
@@ -78,8 +79,8 @@ def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: Mod
 def document_embeddings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One vector per document: the token-weighted mean of its chunk vectors, re-normalized;
     read from the embeddings and length_buckets tables."""
-    result = pipeline.document_vectors(lake.lake, context.partition_key, log=context.log.info)
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.DOCUMENTS, lake.lake))
+    result = stages.document_vectors(lake.lake, context.partition_key, log=context.log.info)
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.DOCUMENTS, lake.lake))
 
 
 ASSETS = [chunks, length_buckets, embeddings, document_embeddings]

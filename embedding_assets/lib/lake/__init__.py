@@ -7,7 +7,6 @@ imported lazily, on the first table access.
 
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.lake.io import (
-    BATCH_NAME,  # BATCH_NAME and validate_batch move to lib.storage.names at merge
     append,
     compact_partition,
     delete_partition,
@@ -22,13 +21,12 @@ from embedding_assets.lib.lake.io import (
     table_uri,
     transaction_version,
     vacuum,
-    validate_batch,
 )
 from embedding_assets.lib.lake.locks import PartitionBusy, partition_lock
 from embedding_assets.lib.lake.writer import ROW_GROUP_ROWS
 
 __all__ = [
-    "BATCH_NAME", "PartitionBusy", "ROW_GROUP_ROWS", "append", "compact_partition", "delete_partition", "exists",
+    "PartitionBusy", "ROW_GROUP_ROWS", "append", "compact_partition", "delete_partition", "exists",
     "open_table", "partition_lock", "partitions", "read_partition", "read_table", "replace_partition",
-    "scan_partition", "storage_options", "table_uri", "tables", "transaction_version", "vacuum", "validate_batch",
+    "scan_partition", "storage_options", "table_uri", "tables", "transaction_version", "vacuum",
 ]

@@ -10,39 +10,26 @@ through `writer` (bounded memory).
 from __future__ import annotations
 
 import os
-import re
 from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from embedding_assets.lib.lake import writer
-
-# moves to lib.storage.names at merge
-BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,127}$")
-
-
-# moves to lib.storage.names at merge
-def validate_batch(batch: str) -> str:
-    """Batch names become partition keys and Delta predicates: keep them to a safe alphabet."""
-    if not BATCH_NAME.match(batch) or ".." in batch:
-        raise ValueError(
-            f"batch name {batch!r} is not allowed: use letters, digits and . _ = - (at most 128, starting with a letter or digit)"
-        )
-    return batch
-
+from embedding_assets.lib.storage.names import validate_batch
+from embedding_assets.lib.storage.uri import is_object_store, local_path
 
 def table_uri(root: str, name: str) -> str:
-    if "://" in root:
+    if is_object_store(root):
         return f"{root.rstrip('/')}/{name}"
-    return os.path.join(os.path.abspath(os.path.expanduser(root)), name)
+    return os.path.join(local_path(root), name)
 
 
 def storage_options(root: str) -> dict[str, str] | None:
     """Object-storage credentials for delta-rs, taken from the environment (never logged)."""
-    if "://" not in root or root.startswith("file://"):
+    if not is_object_store(root):
         return None
-    from embedding_assets.lib.object_store import delta_storage_options
+    from embedding_assets.lib.storage.credentials import delta_storage_options
 
     return delta_storage_options(root)
 

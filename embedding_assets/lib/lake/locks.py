@@ -6,7 +6,8 @@ import contextlib
 import os
 import socket
 
-from embedding_assets.lib.lake.io import validate_batch
+from embedding_assets.lib.storage.names import validate_batch
+from embedding_assets.lib.storage.uri import is_object_store, local_path
 
 
 class PartitionBusy(RuntimeError):
@@ -21,12 +22,12 @@ def partition_lock(root: str, name: str, batch: str):
     is a no-op: there, runs go through Dagster's run queue, whose per-partition limit (see
     dagster.yaml and k8s/values.yaml) keeps two runs of one batch from running at once.
     """
-    if "://" in root and not root.startswith("file://"):
+    if is_object_store(root):
         yield
         return
     import fcntl
 
-    folder = os.path.join(os.path.abspath(os.path.expanduser(root.removeprefix("file://"))), "_locks")
+    folder = os.path.join(local_path(root), "_locks")
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"{name}.{validate_batch(batch)}.lock")
     with open(path, "a+") as handle:

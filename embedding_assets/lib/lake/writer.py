@@ -22,6 +22,8 @@ from typing import Iterable
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from embedding_assets.lib.storage.uri import is_object_store, local_path
+
 # Bounded memory on both sides of a table: a writer buffers at most one data file before it
 # uploads it, and a streaming reader decodes one row group at a time (8,192 rows of 384-d float32
 # vectors are 12.6 MB). delta-rs' defaults (100 MB files of one row group each) would make a
@@ -283,9 +285,8 @@ def _table_filesystem(uri: str, options: dict | None):
     """A pyarrow filesystem rooted at the table: the local one on disk, delta-rs' object store otherwise."""
     import pyarrow.fs as pafs
 
-    if "://" not in uri or uri.startswith("file://"):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
-        return pafs.SubTreeFileSystem(path, pafs.LocalFileSystem())
+    if not is_object_store(uri):
+        return pafs.SubTreeFileSystem(local_path(uri), pafs.LocalFileSystem())
     from deltalake.fs import DeltaStorageHandler
 
     return pafs.PyFileSystem(DeltaStorageHandler(uri, options))

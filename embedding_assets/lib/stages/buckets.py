@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from embedding_assets.lib import lake
 from embedding_assets.lib.lake import tables
-from embedding_assets.lib.model import TokenizerInfo
+from embedding_assets.lib.encoders import TokenizerInfo
 from embedding_assets.lib.stages.common import Log
 
 BUCKET_WIDTH = 16

@@ -10,7 +10,7 @@ import pyarrow as pa
 from embedding_assets.lib import lake
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
 from embedding_assets.lib.lake import tables
-from embedding_assets.lib.model import TokenizerInfo
+from embedding_assets.lib.encoders import TokenizerInfo
 from embedding_assets.lib.stages.common import Log
 
 def chunk_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, max_tokens: int | None, overlap: int, log: Log = print) -> dict:

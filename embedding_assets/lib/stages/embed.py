@@ -21,6 +21,7 @@ from embedding_assets.lib.keys import KeyIndex, claim_new
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
 from embedding_assets.lib.stages.common import Log, utc_now
+from embedding_assets.lib.storage.names import validate_batch
 
 
 def _sink(lake_root: str, sink: VectorSink | None) -> VectorSink:
@@ -149,9 +150,9 @@ def embed_batch(
     that no longer exist and of other fingerprints. `sink` is where vectors go (the lake's
     embeddings table when None).
     """
-    from embedding_assets.lib.engine import EngineStats
+    from embedding_assets.lib.encoders import EngineStats
 
-    lake.validate_batch(batch)
+    validate_batch(batch)
     started = time.perf_counter()
     arrow_pool = configure_for_streaming()
     sink = _sink(lake_root, sink)

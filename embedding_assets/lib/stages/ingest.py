@@ -14,6 +14,8 @@ import pyarrow as pa
 from embedding_assets.lib import lake
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.stages.common import Log, utc_now
+from embedding_assets.lib.storage.names import validate_batch
+from embedding_assets.lib.storage.uri import is_object_store, local_path
 
 
 class AllDocumentsRejected(RuntimeError):
@@ -22,9 +24,9 @@ class AllDocumentsRejected(RuntimeError):
 
 def ingest_batch(landing: str, lake_root: str, batch: str, max_file_bytes: int, log: Log = print) -> dict:
     """Reads landing/<batch>, writes the raw_documents and rejected_documents partitions."""
-    from embedding_assets.lib.ingest import Document, Rejection, read_batch
+    from embedding_assets.lib.readers import Document, Rejection, read_batch
 
-    lake.validate_batch(batch)
+    validate_batch(batch)
     started = time.perf_counter()
     with _local_batch_dir(landing, batch, max_file_bytes) as (batch_dir, early_rejections):
         docs: list[Document] = []
@@ -75,12 +77,11 @@ class _local_batch_dir:
         self._tmp = None
 
     def __enter__(self):
-        from embedding_assets.lib.ingest import Rejection
+        from embedding_assets.lib.readers import Rejection
 
-        if "://" not in self.landing or self.landing.startswith("file://"):
-            root = self.landing.removeprefix("file://")
-            return os.path.join(os.path.expanduser(root), self.batch), []
-        from embedding_assets.lib.object_store import download_batch_with_reasons
+        if not is_object_store(self.landing):
+            return os.path.join(local_path(self.landing), self.batch), []
+        from embedding_assets.lib.storage import download_batch_with_reasons
 
         self._tmp = tempfile.TemporaryDirectory(prefix=f"batch-{self.batch}-")
         skipped = download_batch_with_reasons(self.landing, self.batch, self._tmp.name, self.cap)

@@ -93,9 +93,10 @@ def test_sensor_and_whole_chain_on_object_storage(s3, clean_env, tmp_path):
     """Landing and lake both on (moto's) S3: the sensor finds the batch, the chain writes Delta there."""
     import dagster as dg
 
-    from embedding_assets.defs.assets import ASSETS
-    from embedding_assets.defs.resources import LakeResource, ModelResource
-    from embedding_assets.defs.sensors import landing_sensor
+    from embedding_assets.definitions import ASSETS
+    from embedding_assets.defs.embedding.resources import ModelResource
+    from embedding_assets.defs.resources import LakeResource
+    from embedding_assets.defs.ingest.sensors import landing_sensor
     from embedding_assets.lib import lake as delta
 
     client, bucket = s3
