@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 DATA := $(CURDIR)/data
 SHELL := /bin/bash
 export HF_HUB_OFFLINE ?= 1
+# Allocator settings for the streaming steps; they must be in the environment before the process
+# starts (delta-rs' jemalloc reads its configuration once, when deltalake loads).
+export _RJEM_MALLOC_CONF ?= dirty_decay_ms:250,muzzy_decay_ms:0
+export MALLOC_MMAP_THRESHOLD_ ?= 1048576
+export MALLOC_TRIM_THRESHOLD_ ?= 8388608
+export ARROW_DEFAULT_MEMORY_POOL ?= system
 
 .PHONY: install demo test ui clean
 

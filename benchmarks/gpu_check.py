@@ -41,7 +41,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # The engine's core must not pull in the Dagster layer or the Delta/dataframe stack at import.
 import embedding_assets.lib.batching as batching  # noqa: E402
-import embedding_assets.lib.engine as engine_mod  # noqa: E402
+import embedding_assets.lib.encoders as encoders  # noqa: E402
+from embedding_assets.lib.encoders.torch_backend import TorchBackend  # noqa: E402
 
 IMPORT_CHECK = {m: (m in sys.modules) for m in ("dagster", "polars", "deltalake")}
 
@@ -143,7 +144,7 @@ def sync(device: str) -> None:
 
 
 def make_engine(folder: str, device: str, precision: str, compile_: bool = False, attn: str = "sdpa"):
-    backends = [engine_mod.TorchBackend(folder, d, precision) for d in (engine_mod.cuda_devices(device) if device.startswith("cuda") else [device])]
+    backends = [TorchBackend(folder, d, precision) for d in (encoders.cuda_devices(device) if device.startswith("cuda") else [device])]
     for b in backends:
         if attn != "sdpa":
             b._model.set_attn_implementation(attn)
@@ -151,11 +152,11 @@ def make_engine(folder: str, device: str, precision: str, compile_: bool = False
             import torch
 
             b._model = torch.compile(b._model, dynamic=True)
-    return engine_mod.EncoderEngine(model=folder, backends=backends, tokenizer=None, fingerprint=f"gpu-check/{precision}")
+    return encoders.EncoderEngine(model=folder, backends=backends, tokenizer=None, fingerprint=f"gpu-check/{precision}")
 
 
 def run_engine(engine, rows_sorted: list[np.ndarray], budget: int, min_seconds: float, device: str) -> dict:
-    stats = engine_mod.EngineStats()
+    stats = encoders.EngineStats()
     batches = list(batching.iter_batches(rows_sorted, budget))
     for _ in engine.encode_batches(batches[:2] + batches[-2:]):  # warm-up: small and large shapes
         pass
@@ -206,7 +207,7 @@ def agreement(folder: str, device: str, rows: list[np.ndarray], precisions: list
                 ids = torch.from_numpy(b.input_ids).to(device)
                 mask = torch.from_numpy(b.attention_mask).to(device)
                 hidden = model(input_ids=ids, attention_mask=mask).last_hidden_state
-                pooled = engine_mod.pool(hidden, mask, "mean")
+                pooled = encoders.pool(hidden, mask, "mean")
                 out.append(torch.nn.functional.normalize(pooled, dim=1).cpu().numpy())
         return np.concatenate(out)
 

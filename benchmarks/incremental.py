@@ -73,7 +73,8 @@ def main() -> int:
     from embedding_assets.definitions import ASSETS
     from embedding_assets.defs.embedding.resources import ModelResource
     from embedding_assets.defs.resources import LakeResource
-    from embedding_assets.lib import lake, pipeline
+    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib.lake import tables
 
     docs = documents(args.docs, args.chars)
     batch = "bench"
@@ -107,7 +108,7 @@ def main() -> int:
         with open(changed_doc, "a", encoding="utf-8") as handle:
             handle.write("\n\nA new closing paragraph, added after the first run, about incremental re-embedding.\n")
         one_doc = run("one document changed")
-        n_chunks = lake.read_partition(lake_root, pipeline.CHUNKS, batch, columns=["chunk_id"]).num_rows
+        n_chunks = lake.read_partition(lake_root, tables.CHUNKS, batch, columns=["chunk_id"]).num_rows
 
     print(f"corpus: {len(docs)} documents, {sum(map(len, docs)):,} characters, {n_chunks} chunks; model {engine.fingerprint} on {engine.device}")
     print(f"model load (not counted): {load_s:.1f} s; token budget {engine.token_budget} ({engine.budget_source})")

@@ -5,7 +5,7 @@
 
 Corpus: synthetic documents of 8 to 64 random English words (one chunk each, all distinct),
 landed as one .jsonl and taken through the real stage functions (ingest_batch, chunk_batch,
-bucket_batch) into a local Delta lake. Each size is embedded by `pipeline.embed_batch` in a
+bucket_batch) into a local Delta lake. Each size is embedded by `stages.embed_batch` in a
 fresh subprocess; peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of that process, and a
 20 ms RSS sampler attributes the peak to the step's phases (plan, embed into staging, swap in).
 
@@ -58,7 +58,7 @@ def tiny_model(folder: Path, hidden: int = 384, layers: int = 1, heads: int = 6,
         from sentence_transformers.models import Normalize, Pooling, Transformer
     from transformers import BertConfig, BertModel
 
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     bundled = Path(resolve_model("bundled"))
     raw = folder.with_name(folder.name + "-hf")
@@ -77,7 +77,7 @@ def tiny_model(folder: Path, hidden: int = 384, layers: int = 1, heads: int = 6,
 
 
 def words(tokenizer_model: str) -> list[str]:
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     vocab = load_tokenizer(tokenizer_model).tokenizer.get_vocab()
     return sorted(w for w in vocab if w.isalpha() and w.isascii() and len(w) > 2)
@@ -86,8 +86,9 @@ def words(tokenizer_model: str) -> list[str]:
 def build_partition(workdir: Path, batch: str, n: int, model: str, seed: int = 0) -> dict:
     import numpy as np
 
-    from embedding_assets.lib import pipeline
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib import stages
+    from embedding_assets.lib.lake import tables
+    from embedding_assets.lib.encoders import load_tokenizer
 
     landing, lake_root = workdir / "landing", workdir / "lake"
     folder = landing / batch
@@ -101,9 +102,9 @@ def build_partition(workdir: Path, batch: str, n: int, model: str, seed: int = 0
             handle.write(json.dumps({"id": f"d{i}", "text": f"{i} {text}."}) + "\n")
     tokenizer = load_tokenizer(model)
     started = time.perf_counter()
-    pipeline.ingest_batch(str(landing), str(lake_root), batch, max_file_bytes=1 << 30, log=quiet)
-    pipeline.chunk_batch(str(lake_root), batch, tokenizer, 256, 32, log=quiet)
-    info = pipeline.bucket_batch(str(lake_root), batch, tokenizer, log=quiet)
+    stages.ingest_batch(str(landing), str(lake_root), batch, max_file_bytes=1 << 30, log=quiet)
+    stages.chunk_batch(str(lake_root), batch, tokenizer, 256, 32, log=quiet)
+    info = stages.bucket_batch(str(lake_root), batch, tokenizer, log=quiet)
     return {"lake": str(lake_root), "chunks": info["chunks"], "tokens": info["tokens"], "setup_s": time.perf_counter() - started}
 
 
@@ -135,8 +136,9 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    from embedding_assets.lib import pipeline
-    from embedding_assets.lib.engine import build_engine
+    from embedding_assets.lib import stages
+    from embedding_assets.lib.lake import tables
+    from embedding_assets.lib.encoders import build_engine
 
     phase["name"] = "load model"
     engine = build_engine(model, device="cpu", precision="fp32", backend=backend)
@@ -154,12 +156,12 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
         return wrapper
 
     # Attribute memory to the step's phases without changing them.
-    pipeline.plan_embeddings = phased("plan_embeddings", pipeline.plan_embeddings)
-    pipeline._embed_into_staging = phased("_embed_into_staging", pipeline._embed_into_staging)
-    pipeline._swap_in = phased("_swap_in", pipeline._swap_in)
+    stages.plan_embeddings = phased("plan_embeddings", stages.plan_embeddings)
+    stages._embed_into_staging = phased("_embed_into_staging", stages._embed_into_staging)
+    stages._swap_in = phased("_swap_in", stages._swap_in)
     phase["name"] = "embed_batch (other)"
     started = time.perf_counter()
-    result = pipeline.embed_batch(lake_root, batch, engine, token_budget=budget, commit_seconds=commit_seconds, log=quiet)
+    result = stages.embed_batch(lake_root, batch, engine, token_budget=budget, commit_seconds=commit_seconds, log=quiet)
     elapsed = time.perf_counter() - started
     stop.set()
     sampler.join()
@@ -199,7 +201,7 @@ def main(argv=None) -> int:
         print(json.dumps(child(args.child[0], args.child[1], args.model, args.token_budget, args.commit_seconds, args.backend)))
         return 0
 
-    from embedding_assets.lib.tuning import cpu_model_name
+    from embedding_assets.lib.encoders.tuning import cpu_model_name
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="memory-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -214,11 +216,12 @@ def main(argv=None) -> int:
     for n in sizes:
         batch = f"m{n}"
         if (workdir / "lake" / "length_buckets").exists() and (workdir / "landing" / batch).exists():
-            from embedding_assets.lib import lake, pipeline
+            from embedding_assets.lib import lake, stages
+            from embedding_assets.lib.lake import tables
 
-            info = lake.read_partition(str(workdir / "lake"), pipeline.BUCKETS, batch, columns=["n_tokens"])
+            info = lake.read_partition(str(workdir / "lake"), tables.BUCKETS, batch, columns=["n_tokens"])
             setup = {"lake": str(workdir / "lake"), "chunks": info.num_rows, "tokens": int(sum(info.column("n_tokens").to_pylist())), "setup_s": 0.0}
-            for table in (pipeline.EMBEDDINGS, pipeline.STAGING):  # re-embed from scratch
+            for table in (tables.EMBEDDINGS, tables.STAGING):  # re-embed from scratch
                 lake.delete_partition(setup["lake"], table, batch)
         else:
             setup = build_partition(workdir, batch, n, model)

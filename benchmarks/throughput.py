@@ -71,7 +71,7 @@ def quiet(_msg: str) -> None:
 
 
 def cpu_name() -> str:
-    from embedding_assets.lib.tuning import cpu_model_name
+    from embedding_assets.lib.encoders.tuning import cpu_model_name
 
     return cpu_model_name()
 
@@ -80,22 +80,23 @@ def cpu_name() -> str:
 
 def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, overlap: int) -> dict:
     """Lands the demo corpus and runs raw_documents, chunks and length_buckets into workdir/lake."""
-    from embedding_assets.lib import pipeline
+    from embedding_assets.lib import stages
+    from embedding_assets.lib.lake import tables
     from embedding_assets.lib.demo import MODULES, build_demo_corpus
-    from embedding_assets.lib.model import load_tokenizer
+    from embedding_assets.lib.encoders import load_tokenizer
 
     landing, lake_root = workdir / "landing", workdir / "lake"
     info = build_demo_corpus(str(landing / BATCH), modules=MODULES[:modules] if modules else None)
     tokenizer = load_tokenizer(model)
     timings = {}
     started = time.perf_counter()
-    pipeline.ingest_batch(str(landing), str(lake_root), BATCH, max_file_bytes=1 << 28, log=quiet)
+    stages.ingest_batch(str(landing), str(lake_root), BATCH, max_file_bytes=1 << 28, log=quiet)
     timings["raw_documents_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    pipeline.chunk_batch(str(lake_root), BATCH, tokenizer, max_tokens, overlap, log=quiet)
+    stages.chunk_batch(str(lake_root), BATCH, tokenizer, max_tokens, overlap, log=quiet)
     timings["chunks_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    pipeline.bucket_batch(str(lake_root), BATCH, tokenizer, log=quiet)
+    stages.bucket_batch(str(lake_root), BATCH, tokenizer, log=quiet)
     timings["length_buckets_s"] = time.perf_counter() - started
     corpus = load_corpus(workdir)
     corpus["documents"] = info["files"] - 1 + info["records"]
@@ -107,13 +108,14 @@ def load_corpus(workdir: Path) -> dict:
     """The chunks in file order (texts) and the length-sorted token ids from length_buckets."""
     import pyarrow.parquet as pq
 
-    from embedding_assets.lib import lake, pipeline
+    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib.lake import tables
 
     lake_root = workdir / "lake"
-    chunks = lake.read_partition(str(lake_root), pipeline.CHUNKS, BATCH, columns=["doc_id", "chunk_index", "text", "text_hash"])
+    chunks = lake.read_partition(str(lake_root), tables.CHUNKS, BATCH, columns=["doc_id", "chunk_index", "text", "text_hash"])
     order = sorted(range(chunks.num_rows), key=lambda i: (chunks.column("doc_id")[i].as_py(), chunks.column("chunk_index")[i].as_py()))
     chunks = chunks.take(order)  # file order: document by document, chunk by chunk
-    buckets = lake.read_partition(str(lake_root), pipeline.BUCKETS, BATCH, columns=["position", "text_hash", "input_ids"])
+    buckets = lake.read_partition(str(lake_root), tables.BUCKETS, BATCH, columns=["position", "text_hash", "input_ids"])
     buckets = buckets.sort_by("position")
     column = buckets.column("input_ids").combine_chunks()
     offsets, values = column.offsets.to_numpy(), column.values.to_numpy().astype(np.int64)
@@ -160,7 +162,7 @@ def padded_fraction_st(texts: list[str], lengths: np.ndarray, batch: int = 32) -
 
 def run_engine(engine, corpus: dict, budget: int):
     from embedding_assets.lib.batching import iter_batches
-    from embedding_assets.lib.engine import EngineStats
+    from embedding_assets.lib.encoders import EngineStats
 
     stats = EngineStats()
     out = np.zeros((len(corpus["sorted_ids"]), engine.dimension), dtype=np.float32)
@@ -171,7 +173,7 @@ def run_engine(engine, corpus: dict, budget: int):
 
 def make_method(name: str, corpus: dict, model: str, budget: int, cache_dir: str):
     """(run() -> (vectors in file order, padded fraction), note) for one method, loaded and warmed up."""
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     texts = corpus["texts"]
     if name in ("plain", "st-all"):
@@ -182,7 +184,7 @@ def make_method(name: str, corpus: dict, model: str, budget: int, cache_dir: str
         if name == "plain":
             return (lambda: (np.concatenate([st.encode(texts[i:i + 64], batch_size=64) for i in range(0, len(texts), 64)]), padded_fraction_plain(corpus["lengths_file"]))), None
         return (lambda: (st.encode(texts), padded_fraction_st(texts, corpus["lengths_file"]))), None
-    from embedding_assets.lib.engine import build_engine
+    from embedding_assets.lib.encoders import build_engine
 
     engine = build_engine(model, device="cpu", precision="fp32", backend=name, cache_dir=cache_dir)
     first = engine.backends[0]
@@ -282,8 +284,9 @@ def in_process(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
 # ---------------------------------------------------------------- end to end (whole processes)
 
 def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int, backends: list[str], cache_dir: str, log=print) -> dict:
-    from embedding_assets.lib import lake, pipeline, schemas
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib.lake import tables
+    from embedding_assets.lib.encoders import resolve_model
 
     import pyarrow.parquet as pq
 
@@ -317,7 +320,7 @@ def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
     for r in range(rounds):
         rotated = names[r % len(names):] + names[: r % len(names)]
         for name in rotated:
-            for table in (pipeline.EMBEDDINGS, pipeline.STAGING, pipeline.DOCUMENTS):
+            for table in (tables.EMBEDDINGS, tables.STAGING, tables.DOCUMENTS):
                 shutil.rmtree(Path(corpus["lake"]) / table, ignore_errors=True)
             run_env = dict(env)
             if name.startswith("dagster-"):
@@ -330,10 +333,10 @@ def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
             times[name].append(elapsed)
             log(f"e2e round {r + 1}/{rounds} {name:<18} {elapsed:7.1f} s")
             if name.startswith("dagster-") and name not in cosines:
-                table = lake.read_partition(corpus["lake"], pipeline.EMBEDDINGS, BATCH, columns=["text_hash", "embedding", "model"])
+                table = lake.read_partition(corpus["lake"], tables.EMBEDDINGS, BATCH, columns=["text_hash", "embedding", "model"])
                 cosines[name] = table  # compared below, once the plain vectors exist
     plain = pq.read_table(plain_out)
-    plain_vectors = schemas.arrow_to_vectors(plain.column("embedding"))
+    plain_vectors = tables.arrow_to_vectors(plain.column("embedding"))
     plain_index = {h: i for i, h in enumerate(plain.column("text_hash").to_pylist())}
     results = {}
     for name in names:
@@ -341,7 +344,7 @@ def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
         entry = {"seconds_best": best, "seconds_all": times[name], "tokens_per_s": corpus["tokens"] / best}
         if name in cosines:
             table = cosines[name]
-            vecs = schemas.arrow_to_vectors(table.column("embedding"))
+            vecs = tables.arrow_to_vectors(table.column("embedding"))
             ref = plain_vectors[[plain_index[h] for h in table.column("text_hash").to_pylist()]]
             cos = np.sum(vecs * ref, axis=1) / (np.linalg.norm(vecs, axis=1) * np.linalg.norm(ref, axis=1))
             entry.update(rows=table.num_rows, model=table.column("model")[0].as_py(), cosine_to_plain_mean=float(cos.mean()), cosine_to_plain_min=float(cos.min()))

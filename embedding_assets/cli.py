@@ -53,11 +53,12 @@ def _search(args, settings: Settings) -> int:
 
 
 def _summary(args, settings: Settings) -> int:
-    from embedding_assets.lib import lake, pipeline
+    from embedding_assets.lib import lake
+    from embedding_assets.lib.lake import tables
 
     import pyarrow.compute as pc
 
-    for name in (pipeline.RAW, pipeline.REJECTED, pipeline.CHUNKS, pipeline.BUCKETS, pipeline.EMBEDDINGS, pipeline.DOCUMENTS):
+    for name in (tables.RAW, tables.REJECTED, tables.CHUNKS, tables.BUCKETS, tables.EMBEDDINGS, tables.DOCUMENTS):
         where = None if args.batch is None else pc.field("batch") == args.batch
         table = lake.read_table(settings.lake, name, columns=["batch"], filter=where)
         rows = 0 if table is None else table.num_rows
@@ -66,7 +67,7 @@ def _summary(args, settings: Settings) -> int:
 
 
 def _tune(args, settings: Settings) -> int:
-    from embedding_assets.lib.tuning import tune
+    from embedding_assets.lib.encoders.tuning import tune
 
     result = tune(_engine(settings), quick=args.quick, cache_dir=settings.cache_dir)
     print(f"chosen token budget: {result['chosen']} ({result['device']}, {result['precision']})")

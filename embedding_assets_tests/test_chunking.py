@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from embedding_assets.lib.chunking import Chunk, Chunker, chunk_id, text_hash
-from embedding_assets.lib.model import load_tokenizer
+from embedding_assets.lib.encoders import load_tokenizer
 
 SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -578,3 +578,205 @@ def test_chunker_ignores_fixed_length_padding_on_the_given_tokenizer():
     tok = _configured_tokenizer(None, 300)
     text = json_doc()[:4000]
     assert Chunker(tok, 64, overlap=8).split(text) == chunker(64, 8).split(text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Same chunks as the whole-document chunker, in bounded memory
+
+
+def reference_split(tokenizer, max_tokens: int, overlap: int, text: str, min_fill: float = 0.5) -> list[tuple]:
+    """The chunker as it was before segmented tokenization: the whole document encoded at once,
+    spans and ranks in Python lists. Returns (chunk_index, text, char_start, char_end, n_tokens)."""
+    from tokenizers import Tokenizer
+
+    from embedding_assets.lib.chunking import NO_CUT, PARAGRAPH, TOKEN, WORD, _gap_rank
+
+    tok = Tokenizer.from_str(tokenizer.to_str())
+    tok.no_truncation()
+    tok.no_padding()
+    window = max_tokens - len(tok.encode("", add_special_tokens=True).ids)
+    offsets = tok.encode(text, add_special_tokens=False).offsets
+    n = len(offsets)
+    if n == 0:
+        return []
+    ranks = [TOKEN] + [_gap_rank(text, offsets[i - 1][0], offsets[i - 1][1], offsets[i][0]) for i in range(1, n)] + [PARAGRAPH]
+
+    def cut_before(start, end):
+        i = end
+        while i > start + 1 and ranks[i] == NO_CUT:
+            i -= 1
+        if ranks[i] != NO_CUT:
+            return i
+        i = end
+        while ranks[i] == NO_CUT:
+            i += 1
+        return i
+
+    chunks, start = [], 0
+    while start < n:
+        limit = start + window
+        if limit >= n:
+            end = n
+        else:
+            lowest = start + max(1, int(window * min_fill))
+            best, best_rank = limit, ranks[limit]
+            for i in range(limit - 1, lowest - 1, -1):
+                if ranks[i] > best_rank:
+                    best, best_rank = i, ranks[i]
+                    if best_rank == PARAGRAPH:
+                        break
+            end = cut_before(start, best)
+        while True:
+            a, b = offsets[start][0], offsets[end - 1][1]
+            count = len(tok.encode(text[a:b], add_special_tokens=True).ids)
+            if count <= max_tokens:
+                break
+            shorter = cut_before(start, max(start + 1, end - max(1, count - max_tokens)))
+            if shorter >= end:
+                break
+            end = shorter
+        chunks.append((len(chunks), text[a:b], a, b, count))
+        if end >= n:
+            break
+        if overlap == 0:
+            start = end
+        else:
+            nxt = end
+            for i in range(max(start + 1, end - overlap), end):
+                if ranks[i] >= WORD:
+                    nxt = i
+                    break
+            start = nxt
+    return chunks
+
+
+def as_tuples(chunks: list[Chunk]) -> list[tuple]:
+    return [(c.chunk_index, c.text, c.char_start, c.char_end, c.n_tokens) for c in chunks]
+
+
+@functools.cache
+def segmented(max_tokens: int, overlap: int, segment_chars: int, seam_chars: int, min_fill: float = 0.5) -> Chunker:
+    return Chunker(info().tokenizer, max_tokens, overlap=overlap, min_fill=min_fill, segment_chars=segment_chars, seam_chars=seam_chars)
+
+
+# Tiny segments put a seam every few words, so every kind of text meets many seams.
+SEGMENTS = [(32, 8), (64, 16), (200, 64)]
+
+
+@pytest.mark.parametrize("max_tokens,overlap", CONFIGS)
+@SETTINGS
+@given(text=texts(hangul=True), segment=st.sampled_from(SEGMENTS))
+def test_same_chunks_as_the_whole_document_chunker(max_tokens, overlap, text, segment):
+    expected = reference_split(info().tokenizer, max_tokens, overlap, text)
+    assert as_tuples(chunker(max_tokens, overlap).split(text)) == expected
+    assert as_tuples(segmented(max_tokens, overlap, *segment).split(text)) == expected
+
+
+@pytest.mark.parametrize("min_fill", [0.0, 0.9])
+@SETTINGS
+@given(text=texts(long_words=False))
+def test_same_chunks_as_the_whole_document_chunker_with_other_fills(min_fill, text):
+    expected = reference_split(info().tokenizer, 32, 4, text, min_fill=min_fill)
+    assert as_tuples(segmented(32, 4, 64, 16, min_fill).split(text)) == expected
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(text=texts(hangul=True, max_pieces=200), segment=st.sampled_from(SEGMENTS))
+def test_segmented_tokens_are_the_whole_documents_tokens(text, segment):
+    """The seams are invisible: the token spans, segment by segment, are those of one encode."""
+    c = segmented(64, 8, *segment)
+    spans = [(int(s), int(e)) for starts, ends in c._token_spans(text) for s, e in zip(starts, ends)]
+    assert spans == info().tokenizer.encode(text, add_special_tokens=False).offsets
+
+
+@pytest.mark.parametrize("max_tokens,overlap", [(16, 3), (64, 0), (256, 32)])
+@pytest.mark.parametrize("segment", [(4096, 1024), (300, 100), (256 * 1024, 2048)])
+def test_real_documentation_text_is_chunked_as_before(max_tokens, overlap, segment):
+    text = json_doc() * 3
+    expected = reference_split(info().tokenizer, max_tokens, overlap, text)
+    assert as_tuples(segmented(max_tokens, overlap, *segment).split(text)) == expected
+
+
+@pytest.mark.parametrize(
+    "name,text",
+    [
+        ("base64", base64.b64encode(random.Random(3).randbytes(2400)).decode()),
+        ("letters-and-marks", "".join(random.Random(3).choices(string.ascii_letters + "+/=", k=3000))),
+        ("one-letter-word", "p" * 3000),  # one [UNK]: the 100-character limit looks at the whole word
+        ("one-long-word", "x" * 3000 + " tail words here"),
+        ("cjk", "".join(random.Random(4).choice(CJK) for _ in range(2000))),
+        ("hangul", (KOREAN * 40)),
+        ("blank-lines", ("para one. \n \n" * 300)),
+        ("newline-tails", "word.\n" * 500 + "end:\n  next"),
+    ],
+)
+def test_awkward_seams_give_the_same_chunks(name, text):
+    """Seams inside words, or with nowhere good to cut, fall back to a longer segment."""
+    for max_tokens, overlap in [(16, 6), (64, 0)]:
+        expected = reference_split(info().tokenizer, max_tokens, overlap, text)
+        assert as_tuples(segmented(max_tokens, overlap, 64, 16).split(text)) == expected, name
+
+
+def test_iter_split_is_lazy_and_split_is_its_list():
+    text = json_doc() * 4
+    c = segmented(64, 8, 2048, 512)
+    calls = []
+    original = c._spans
+    c._spans = lambda t, lo, hi: calls.append((lo, hi)) or original(t, lo, hi)
+    try:
+        first = next(c.iter_split(text))
+        assert max(hi for _, hi in calls) < len(text) // 2, "the first chunk must not tokenize the whole document"
+    finally:
+        del c._spans
+    assert first == c.split(text)[0]
+    assert c.split(text) == list(c.iter_split(text)) == chunker(64, 8).split(text)
+
+
+def test_kept_ids_are_the_models_ids():
+    c = Chunker(info().tokenizer, 64, overlap=8, keep_ids=True)
+    chunks = c.split(json_doc()[:20000])
+    assert chunks == chunker(64, 8).split(json_doc()[:20000])
+    encoded = info().encode_batch([ch.text for ch in chunks])
+    for ch, ids in zip(chunks, encoded):
+        assert ch.input_ids.dtype.name == "int32" and ch.input_ids.tolist() == ids
+    assert chunker(64, 8).split("hello world")[0].input_ids is None
+
+
+def test_document_size_problem():
+    from embedding_assets.lib.chunking import document_size_problem
+
+    assert document_size_problem(10, None) is None
+    assert document_size_problem(10, 10) is None
+    reason = document_size_problem(2_000_001, 2_000_000)
+    assert "2,000,001 characters" in reason and "2,000,000" in reason and "EMBEDDING_MAX_DOCUMENT_CHARS" in reason
+    c = Chunker(info().tokenizer, 64, overlap=0, max_document_chars=5)
+    assert c.size_problem("abcdef") and c.size_problem("abcde") is None
+    assert chunker(64, 0).size_problem("x" * 10**6) is None
+
+
+def test_chunking_a_large_document_stays_within_a_few_times_its_size():
+    """Peak memory of chunking a 4 MB document, in a fresh process: the old chunker took ~200x the
+    text (5 MB -> 1.19 GiB); now the tokens are held a segment at a time."""
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        """
+        import json, pydoc, resource, sys
+        from embedding_assets.lib.chunking import Chunker
+        from embedding_assets.lib.encoders import load_tokenizer
+        c = Chunker(load_tokenizer("bundled").tokenizer, 256, overlap=32)
+        base = pydoc.render_doc(json, renderer=pydoc.plaintext)
+        text = (base * (4_000_000 // len(base) + 1))[:4_000_000]
+        list(c.iter_split(text[:300_000]))  # warm up: the tokenizer's own caches and arenas
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        chunks = sum(1 for _ in c.iter_split(text))
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"extra": peak - before, "size": len(text.encode()), "chunks": chunks}))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["chunks"] > 1000
+    assert result["extra"] <= 10 * result["size"], f"chunking took {result['extra'] / 2**20:.0f} MiB for {result['size'] / 2**20:.1f} MiB of text"

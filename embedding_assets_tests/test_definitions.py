@@ -25,7 +25,7 @@ def test_loading_definitions_imports_no_torch_and_loads_no_model():
 
 def test_engine_core_imports_without_dagster():
     code = (
-        "import sys, embedding_assets.lib.engine, embedding_assets.lib.batching, embedding_assets.lib.chunking\n"
+        "import sys, embedding_assets.lib.encoders, embedding_assets.lib.batching, embedding_assets.lib.chunking\n"
         "assert 'dagster' not in sys.modules and 'deltalake' not in sys.modules and 'polars' not in sys.modules\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -13,7 +13,8 @@ from embedding_assets.defs.embedding import resources as resources_module
 from embedding_assets.definitions import ASSETS
 from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
-from embedding_assets.lib import lake, pipeline, schemas
+from embedding_assets.lib import lake, stages
+from embedding_assets.lib.lake import tables
 from embedding_assets_tests.conftest import materialize_assets, write_corpus
 
 BATCH = "b1"
@@ -67,12 +68,12 @@ def test_chain_writes_contract_tables_and_matches_sentence_transformers(dirs, in
     # The vectors are sentence-transformers' own, on the same chunk texts.
     from sentence_transformers import SentenceTransformer
 
-    from embedding_assets.lib.model import resolve_model
+    from embedding_assets.lib.encoders import resolve_model
 
     texts = dict(zip(chunks.column("chunk_id").to_pylist(), chunks.column("text").to_pylist()))
     ids = emb.column("chunk_id").to_pylist()
     reference = SentenceTransformer(resolve_model("bundled"), device="cpu").encode([texts[i] for i in ids], convert_to_numpy=True)
-    ours = schemas.arrow_to_vectors(emb.column("embedding"))
+    ours = tables.arrow_to_vectors(emb.column("embedding"))
     cosine = (ours * reference).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() >= 0.999
 
@@ -107,7 +108,7 @@ def test_rerun_embeds_only_what_changed(dirs, instance):
     old_at = dict(zip(before.column("chunk_id").to_pylist(), before.column("embedded_at").to_pylist()))
     new_at = dict(zip(after.column("chunk_id").to_pylist(), after.column("embedded_at").to_pylist()))
     assert kept and all(old_at[c] == new_at[c] for c in kept)  # unchanged chunks were not re-embedded
-    assert not lake.read_partition(dirs["lake"], pipeline.STAGING, BATCH).num_rows  # checkpoints cleared
+    assert not lake.read_partition(dirs["lake"], tables.STAGING, BATCH).num_rows  # checkpoints cleared
 
 
 def test_partitions_are_isolated_and_model_loads_once(dirs, instance):

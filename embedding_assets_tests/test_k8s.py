@@ -4,7 +4,9 @@ The step Jobs are built the way `k8s_job_executor` builds them at run time: the 
 configuration (k8s/values.yaml) merged with the code location's container context (what the chart
 passes from the user deployment), the executor's own step defaults (from `executor_def()`), and the
 step's `dagster-k8s/config` tag, taken from the real `embedding_assets.definitions` loaded with
-EMBEDDING_DEPLOYMENT=k8s; then `dagster_k8s.job.construct_dagster_k8s_job`. The resulting Jobs and
+EMBEDDING_DEPLOYMENT=k8s and the EMBEDDING_K8S_* variables of k8s/values.yaml; then
+`dagster_k8s.job.construct_dagster_k8s_job`. The run's image is the slim CPU image (the code server's);
+the embeddings step must name the GPU image, every other step must keep the CPU one. The resulting Jobs and
 every raw manifest under k8s/ are validated offline against the Kubernetes OpenAPI schema
 (kubernetes-validate ships the schemas).
 """
@@ -34,6 +36,7 @@ K8S = REPO / "k8s"
 VALUES = K8S / "values.yaml"
 README = K8S / "README.md"
 RELEASE = "dagster"
+# The code location's (and so the run's) image: the slim CPU image.
 IMAGE = "registry.example.com/embedding-assets:test"
 # The oldest Kubernetes the README supports, and the newest schema kubernetes-validate ships.
 K8S_VERSIONS = ("1.28.0", kubernetes_validate.latest_version())
@@ -99,7 +102,10 @@ json.dump(result, sys.stdout, default=str)
 @pytest.fixture(scope="module")
 def definitions_by_mode() -> dict[str, dict[str, Any]]:
     """What the real definitions hold in k8s and in local mode (loaded in a fresh interpreter)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDING_K8S_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EMBEDDING_K8S_") and k != "EMBEDDING_DEVICE"}
+    # The run worker loads the definitions with the user deployment's environment (values.yaml).
+    values_env = yaml.safe_load(VALUES.read_text())["dagster-user-deployments"]["deployments"][0]["env"]
+    env.update({e["name"]: e["value"] for e in values_env if e["name"].startswith("EMBEDDING_K8S_")})
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     try:
         proc = subprocess.run([sys.executable, "-c", _DEFINITIONS_PROBE, "k8s", "local"], cwd=REPO, env=env,
@@ -129,7 +135,7 @@ def values() -> dict[str, Any]:
 @pytest.fixture
 def k8s_env(monkeypatch):
     for name in list(os.environ):
-        if name.startswith("EMBEDDING_K8S_"):
+        if name.startswith("EMBEDDING_K8S_") or name == "EMBEDDING_DEVICE":
             monkeypatch.delenv(name)
     monkeypatch.setenv("EMBEDDING_DEPLOYMENT", "k8s")
     return monkeypatch
@@ -318,11 +324,14 @@ def assert_gpu_job(manifest: dict[str, Any], gpus: str = "1", memory: str = "32G
     assert (toleration or {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}) in pod["tolerations"]
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     assert env.get("NVIDIA_VISIBLE_DEVICES") != "void", "the GPU step must see its GPU"
+    # the last EMBEDDING_DEVICE wins in a pod: a GPU pod must never quietly embed on its CPU
+    assert [e.get("value") for e in container["env"] if e["name"] == "EMBEDDING_DEVICE"][-1] == "cuda"
     assert_schedulable_resources(manifest)
 
 
-def assert_cpu_job(manifest: dict[str, Any]) -> None:
+def assert_cpu_job(manifest: dict[str, Any], image: str = IMAGE) -> None:
     container = _container(manifest)
+    assert container["image"] == image, f"a CPU step runs {container['image']}, not the CPU image {image}"
     pod = manifest["spec"]["template"]["spec"]
     resources = container["resources"]
     for section in ("requests", "limits"):
@@ -365,7 +374,7 @@ def test_embeddings_step_job_requests_gpus_on_gpu_nodes(k8s_defs, values):
     assert pod["spec"]["restartPolicy"] == "Never" and manifest["spec"]["backoffLimit"] == 0
     assert manifest["spec"]["ttlSecondsAfterFinished"] == 3600
     assert pod["metadata"]["annotations"]["cluster-autoscaler.kubernetes.io/safe-to-evict"] == "false"
-    assert container["image"] == IMAGE
+    assert container["image"] == _values_env(values)["EMBEDDING_K8S_GPU_IMAGE"] != IMAGE
     # the code location's environment and object-storage secret reach the step pod
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["EMBEDDING_DEPLOYMENT"] == "k8s" and env["EMBEDDING_LAKE"].startswith(("s3://", "gs://", "az://"))
@@ -377,6 +386,18 @@ def test_cpu_step_jobs_have_no_gpu(k8s_defs, values, asset):
     manifest = render_step_job(values, _k8s_executor_config(k8s_defs), asset, _step_tags(k8s_defs, asset))
     validate_manifest(manifest)
     assert_cpu_job(manifest)
+
+
+def test_the_two_images_and_their_steps(k8s_defs, values):
+    """The GPU image is named by the embeddings step alone; every other step runs the run's CPU image."""
+    gpu_image = _values_env(values)["EMBEDDING_K8S_GPU_IMAGE"]
+    assert gpu_image and gpu_image != IMAGE
+    images = {}
+    for asset in (*CPU_ASSETS, GPU_ASSET):
+        manifest = render_step_job(values, _k8s_executor_config(k8s_defs), asset, _step_tags(k8s_defs, asset))
+        validate_manifest(manifest)
+        images[asset] = _container(manifest)["image"]
+    assert images == {**{a: IMAGE for a in CPU_ASSETS}, GPU_ASSET: gpu_image}
 
 
 def test_only_the_embeddings_step_takes_a_gpu_pool_slot(k8s_defs):
@@ -421,7 +442,12 @@ def _executor_config_now() -> dict[str, Any]:
     return resolved.value["config"]
 
 
+def _values_env(values: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in _user_deployment(values)["env"]}
+
+
 def test_gpu_settings_come_from_the_environment(k8s_env, values):
+    k8s_env.setenv("EMBEDDING_K8S_GPU_IMAGE", "registry.example.com:5000/team/embedding-assets:abc123-gpu")
     k8s_env.setenv("EMBEDDING_K8S_GPUS", "2")
     k8s_env.setenv("EMBEDDING_K8S_GPU_MEMORY", "48Gi")
     k8s_env.setenv("EMBEDDING_K8S_GPU_NODE_SELECTOR", '{"cloud.google.com/gke-accelerator": "nvidia-l4"}')
@@ -431,6 +457,7 @@ def test_gpu_settings_come_from_the_environment(k8s_env, values):
     assert_gpu_job(manifest, gpus="2", memory="48Gi",
                    node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
                    toleration={"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoSchedule"})
+    assert _container(manifest)["image"] == "registry.example.com:5000/team/embedding-assets:abc123-gpu"
     k8s_env.setenv("EMBEDDING_K8S_CPU_REQUEST", "500m")
     k8s_env.setenv("EMBEDDING_K8S_CPU_MEMORY", "3Gi")
     cpu = render_step_job(values, _executor_config_now(), "chunks", deployment.cpu_step_tags())
@@ -446,7 +473,31 @@ def test_zero_gpus_makes_the_embeddings_step_a_cpu_pod(k8s_env, values):
     pod = manifest["spec"]["template"]["spec"]
     assert GPU_RESOURCE not in _container(manifest)["resources"]["requests"]
     assert "nodeSelector" not in pod and "tolerations" not in pod
+    assert "EMBEDDING_DEVICE" not in {e["name"] for e in _container(manifest).get("env", [])}
     assert_schedulable_resources(manifest)
+
+
+def test_gpu_step_without_a_gpu_image_keeps_the_runs_image(k8s_env, values):
+    """One image for every pod still works (it must then be the GPU image); the pod is told to use CUDA."""
+    manifest = render_step_job(values, _executor_config_now(), GPU_ASSET, deployment.gpu_step_tags())
+    validate_manifest(manifest)
+    assert _container(manifest)["image"] == IMAGE
+    assert_gpu_job(manifest)
+
+
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_an_explicit_cuda_device_is_kept(k8s_env, device):
+    k8s_env.setenv("EMBEDDING_DEVICE", device)
+    env = deployment.gpu_step_tags()[deployment.K8S_CONFIG_TAG]["container_config"].get("env", [])
+    assert "EMBEDDING_DEVICE" not in {e["name"] for e in env}  # the pod inherits EMBEDDING_DEVICE as set
+
+
+def test_a_gpu_pod_told_to_embed_on_cpu_is_refused(k8s_env):
+    k8s_env.setenv("EMBEDDING_DEVICE", "cpu")
+    with pytest.raises(ValueError, match="EMBEDDING_DEVICE=cpu with EMBEDDING_K8S_GPUS=1"):
+        deployment.gpu_step_tags()
+    k8s_env.setenv("EMBEDDING_K8S_GPUS", "0")
+    assert deployment.gpu_step_tags()
 
 
 @pytest.mark.parametrize(
@@ -461,6 +512,7 @@ def test_zero_gpus_makes_the_embeddings_step_a_cpu_pod(k8s_env, values):
         ("EMBEDDING_K8S_GPU_TOLERATIONS", '{"key": "x"}', "JSON list"),
         ("EMBEDDING_K8S_GPU_TOLERATIONS", '[{"key": "x", "effect": "NoSchedul"}]', "effect"),
         ("EMBEDDING_K8S_GPU_TOLERATIONS", '[{"kee": "x"}]', "unknown toleration field"),
+        ("EMBEDDING_K8S_GPU_IMAGE", "Registry.example.com/Embedding Assets:gpu", "image reference"),
     ],
 )
 def test_malformed_gpu_settings_are_refused_with_the_variable_name(k8s_env, name, value, message):
@@ -471,12 +523,42 @@ def test_malformed_gpu_settings_are_refused_with_the_variable_name(k8s_env, name
 
 def test_k8s_env_vars_are_documented_and_set_in_values(values):
     readme = README.read_text()
-    env = {e["name"]: e.get("value") for e in _user_deployment(values)["env"]}
+    env = _values_env(values)
     for name, (default, meaning) in deployment.K8S_ENV_VARS.items():
         assert meaning
-        assert f"| `{name}` | `{default}` |" in readme, f"{name} (default {default}) missing from the README table"
-        if name in env:
+        shown = f"`{default or '(none)'}`"
+        assert f"| `{name}` | {shown} |" in readme, f"{name} (default {default!r}) missing from the README table"
+        assert name in env, f"values.yaml does not list {name}"
+        if default:
             assert env[name] == default, f"values.yaml sets {name}={env[name]!r}, the documented default is {default!r}"
+    # values.yaml lists every EMBEDDING_K8S_* variable, and only real ones
+    assert {n for n in env if n.startswith("EMBEDDING_K8S_")} == set(deployment.K8S_ENV_VARS)
+
+
+def test_the_install_command_sets_the_gpu_image_where_values_has_it(values):
+    """The README (and values.yaml's header) set the GPU image with --set ...env[1].value."""
+    env = _user_deployment(values)["env"]
+    assert env[1]["name"] == "EMBEDDING_K8S_GPU_IMAGE"
+    setting = '--set "dagster-user-deployments.deployments[0].env[1].value=$IMAGE_REPO:$IMAGE_TAG-gpu"'
+    assert setting in README.read_text() and setting in VALUES.read_text()
+    assert "--skip-schema-validation" in README.read_text() and "--skip-schema-validation" in VALUES.read_text()
+
+
+def test_compute_logs_go_to_the_object_store_with_the_lake_secret(values):
+    clm = values["computeLogManager"]
+    assert clm["type"] == "S3ComputeLogManager"
+    s3 = clm["config"]["s3ComputeLogManager"]
+    lake = _values_env(values)["EMBEDDING_LAKE"]
+    assert lake.startswith("s3://") and lake.split("/")[2] == s3["bucket"], "logs go to the lake's bucket"
+    assert s3["prefix"] and not lake.split("/", 3)[3].startswith(s3["prefix"]), "logs stay outside the lake"
+    # the same secret: the webserver reads the logs, the run and step pods (user deployment) write them
+    secrets = [s["name"] for s in _user_deployment(values)["envSecrets"]]
+    assert [s["name"] for s in values["dagsterWebserver"]["envSecrets"]] == secrets == ["embedding-object-storage"]
+    # the writer needs dagster-aws of the dagster-k8s release line in both images
+    for lock in ("requirements-cpu.lock", "requirements-gpu.lock"):
+        text = (K8S / lock).read_text()
+        k8s_version = re.search(r"^dagster-k8s==(\S+)", text, re.M).group(1)
+        assert re.search(rf"^dagster-aws=={re.escape(k8s_version)} ", text, re.M), lock
 
 
 # --- raw manifests ---------------------------------------------------------------------------
@@ -609,15 +691,40 @@ def test_readme_explains_the_gpu_pool():
         assert step in readme, step
 
 
-def test_dockerfile_builds_a_cuda_image_with_the_project():
-    text = (K8S / "Dockerfile").read_text()
-    logical = re.sub(r"\\\n", " ", text)
-    base = re.search(r"^ARG CUDA_IMAGE=(\S+)", logical, re.M)
-    assert base and base.group(1).startswith("nvidia/cuda:") and "runtime" in base.group(1)
-    assert re.search(r"^FROM \$\{CUDA_IMAGE\}", logical, re.M)
-    assert "python3.11" in logical
-    assert re.search(r"pip install \.( |$)", logical, re.M) and "pip install --no-deps ." in logical
-    assert "download.pytorch.org/whl/cpu" not in logical and "+cpu" not in logical
-    assert "torch.version.cuda" in logical  # the build fails on a CPU-only torch
-    assert "dagster-postgres==" in logical  # the instance storage the chart configures
-    assert re.search(r"^USER (?!root)", logical, re.M)
+def _dockerfile_stages() -> dict[str, str]:
+    """Stage name -> its logical lines (continuations joined)."""
+    logical = re.sub(r"\\\n", " ", (K8S / "Dockerfile").read_text())
+    stages, name = {"": ""}, ""
+    for line in logical.splitlines():
+        match = re.match(r"^FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.I)
+        if match:
+            name = match.group(1) or f"unnamed{len(stages)}"
+            stages[name] = ""
+        stages[name] += line + "\n"
+    return stages
+
+
+def test_dockerfile_builds_a_cpu_and_a_gpu_image_from_the_locks():
+    stages = _dockerfile_stages()
+    assert {"base", "build", "cpu", "gpu"} <= set(stages)
+    base = re.search(r"^ARG PYTHON_IMAGE=(\S+)", stages[""], re.M)
+    # Python from an official Python image, patch version pinned; no CUDA base, no PPA
+    assert base and re.fullmatch(r"python:3\.11\.\d+-slim-\w+(@sha256:[0-9a-f]{64})?", base.group(1)), base
+    whole = "".join(stages.values())
+    assert not re.search(r"^(FROM|ARG) .*nvidia/cuda", whole, re.M), "torch brings its own CUDA libraries"
+    assert "add-apt-repository" not in whole and "ppa:" not in whole and "pip install --upgrade pip" not in whole
+    assert list(stages)[-1] == "cpu", "a plain `docker build` gives the slim image"
+    for kind in ("cpu", "gpu"):
+        stage = stages[kind]
+        assert re.search(rf"pip install --no-deps --require-hashes -r \S*requirements-{kind}\.lock", stage), kind
+        assert re.search(r"pip install --no-deps \S*\.whl", stage), kind
+        assert re.search(r"^USER (?!root|0\b)", stage, re.M), kind
+    assert "--require-hashes -r /tmp/locks/requirements-build.lock" in stages["build"]
+    assert "--no-build-isolation" in stages["build"]
+    # the GPU build fails on a CPU-only torch or another CUDA line; the CPU build fails on any torch
+    assert "torch.version.cuda" in stages["gpu"] and "'13'" in stages["gpu"]
+    assert 'NVIDIA_REQUIRE_CUDA="cuda>=13.0"' in stages["gpu"]
+    assert "find_spec('torch')" in stages["cpu"] and "sys.modules['torch'] = None" in stages["cpu"]
+    assert "download.pytorch.org/whl/cpu" not in whole and "+cpu" not in whole
+    ignore = (K8S / "Dockerfile.dockerignore").read_text()
+    assert "!k8s/requirements-*.lock" in ignore

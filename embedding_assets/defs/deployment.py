@@ -5,8 +5,9 @@
 - ``local`` (default): the in-process executor, so one process holds the model for the whole run,
   and no step carries Kubernetes configuration.
 - ``k8s``: `dagster_k8s.k8s_job_executor` launches every step as its own Kubernetes Job. The
-  embeddings step asks for GPUs (`gpu_step_tags`), every other step for CPU and memory only
-  (`cpu_step_tags`). The code server and the run worker carry no GPU request at all, so a GPU is
+  embeddings step asks for GPUs and runs the GPU image (`gpu_step_tags`: `EMBEDDING_K8S_GPU_IMAGE`,
+  with torch and `EMBEDDING_DEVICE=cuda`); every other step runs the code location's own slim CPU
+  image (no torch) with CPU and memory only (`cpu_step_tags`). The code server and the run worker carry no GPU request at all, so a GPU is
   held only while the embeddings step runs. How many embeddings steps run at once across all runs
   (a backfill fans batches out as parallel runs) is capped by the Dagster concurrency pool
   `GPU_POOL`; set its limit to the number of GPUs (k8s/README.md).
@@ -35,6 +36,10 @@ _DEFAULT_GPU_TOLERATIONS = [{"key": "nvidia.com/gpu", "operator": "Exists", "eff
 
 # name -> (default, meaning); empty default = not set.
 K8S_ENV_VARS: dict[str, tuple[str, str]] = {
+    "EMBEDDING_K8S_GPU_IMAGE": (
+        "",
+        "k8s: image of the embeddings step pod (the GPU image, with torch); empty = the code location's image.",
+    ),
     "EMBEDDING_K8S_GPUS": (
         "1",
         "k8s: GPUs the embeddings step pod requests (and is limited to); 0 runs it as a CPU pod.",
@@ -70,6 +75,8 @@ _QUANTITY = re.compile(r"^[+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|[numk
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _LABEL_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$")
 _TOLERATION_KEYS = {"key", "operator", "value", "effect", "tolerationSeconds"}
+# registry[:port]/path[:tag][@sha256:digest], no spaces or upper-case repository.
+_IMAGE = re.compile(r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-]+[a-z0-9]+)*)*(:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(@sha256:[0-9a-f]{64})?$")
 
 
 def deployment() -> str:
@@ -176,7 +183,7 @@ def executor_def() -> dg.ExecutorDefinition:
 
 
 def gpu_step_tags() -> dict[str, Any]:
-    """`op_tags` of the embeddings step: on k8s, a pod with GPUs on a GPU node; locally, none."""
+    """`op_tags` of the embeddings step: on k8s, the GPU image in a pod with GPUs on a GPU node; locally, none."""
     if deployment() == "local":
         return {}
     gpus = _int_env("EMBEDDING_K8S_GPUS", 0)
@@ -202,7 +209,25 @@ def gpu_step_tags() -> dict[str, Any]:
         tolerations = _tolerations(tolerations_var)
         if tolerations:
             pod_spec["tolerations"] = tolerations
-    config: dict[str, Any] = {"container_config": {"resources": {"requests": requests, "limits": limits}}}
+    container: dict[str, Any] = {"resources": {"requests": requests, "limits": limits}}
+    image = _env("EMBEDDING_K8S_GPU_IMAGE")
+    if image:
+        if not _IMAGE.match(image):
+            raise ValueError(f"EMBEDDING_K8S_GPU_IMAGE={image!r}: expected an image reference such as registry.example.com/embedding-assets:0.1.0-gpu")
+        container["image"] = image
+    if gpus > 0:
+        # A pod that holds a GPU must use it: EMBEDDING_DEVICE=cuda makes the model resource fail at
+        # once (embedding_assets.lib.encoders.cuda_check) on an old driver or a CPU-only torch, instead of
+        # "auto" quietly embedding on the pod's CPU.
+        device = os.environ.get("EMBEDDING_DEVICE", "").strip().lower()
+        if device == "cpu":
+            raise ValueError(
+                f"EMBEDDING_DEVICE=cpu with EMBEDDING_K8S_GPUS={gpus}: the embeddings pod would hold GPUs it never uses; "
+                "set EMBEDDING_K8S_GPUS=0 for CPU embeddings, or unset EMBEDDING_DEVICE"
+            )
+        if not device.startswith("cuda"):
+            container["env"] = [{"name": "EMBEDDING_DEVICE", "value": "cuda"}]
+    config: dict[str, Any] = {"container_config": container}
     if pod_spec:
         config["pod_spec_config"] = pod_spec
     return {K8S_CONFIG_TAG: config}
@@ -218,8 +243,8 @@ def cpu_step_tags() -> dict[str, Any]:
         K8S_CONFIG_TAG: {
             "container_config": {
                 "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": {"memory": memory}},
-                # The CUDA base image exposes every GPU of the node to a container that names none
-                # (NVIDIA_VISIBLE_DEVICES=all) wherever the NVIDIA runtime is the default: a CPU
+                # Wherever the NVIDIA runtime is the default, an image that sets
+                # NVIDIA_VISIBLE_DEVICES=all (CUDA base images do) sees every GPU of the node: a CPU
                 # step that lands on a GPU node must not see (or initialise) a GPU.
                 "env": [{"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}],
             },

@@ -13,7 +13,8 @@ import numpy as np
 import dagster as dg
 
 from embedding_assets.defs.partitions import batches
-from embedding_assets.lib import catalog, pipeline, schemas
+from embedding_assets.lib import catalog
+from embedding_assets.lib.lake import tables
 from embedding_assets.lib import lake as delta
 
 GROUP = "embedding"
@@ -23,19 +24,19 @@ RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, j
 STAGE = {"partitions_def": batches, "group_name": GROUP, "retry_policy": RETRY}
 
 _FIXED_SCHEMAS = {
-    pipeline.RAW: schemas.RAW_DOCUMENTS,
-    pipeline.REJECTED: schemas.REJECTED_DOCUMENTS,
-    pipeline.CHUNKS: schemas.CHUNKS,
-    pipeline.BUCKETS: schemas.LENGTH_BUCKETS,
+    tables.RAW: tables.RAW_DOCUMENTS,
+    tables.REJECTED: tables.REJECTED_DOCUMENTS,
+    tables.CHUNKS: tables.CHUNKS_SCHEMA,
+    tables.BUCKETS: tables.LENGTH_BUCKETS,
 }
 
 
 def arrow_schema(table: str, dimension: int = 0):
     """The table's Arrow schema from the schema module (vector tables at `dimension`; 0 = not known yet)."""
-    if table == pipeline.EMBEDDINGS:
-        return schemas.embeddings_schema(dimension)
-    if table == pipeline.DOCUMENTS:
-        return schemas.document_embeddings_schema(dimension)
+    if table == tables.EMBEDDINGS:
+        return tables.embeddings_schema(dimension)
+    if table == tables.DOCUMENTS:
+        return tables.document_embeddings_schema(dimension)
     return _FIXED_SCHEMAS[table]
 
 

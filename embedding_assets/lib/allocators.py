@@ -9,11 +9,13 @@ allocators keep after it was freed. Measured on a 100k-chunk partition (benchmar
   a fixed 1 MiB threshold maps large buffers and returns them on free.
 - Arrow's default pool (mimalloc) keeps freed pages for reuse; the system pool follows glibc's
   settings above.
-- delta-rs' own jemalloc keeps dirty pages for 10 s, which during a fast write is hundreds of MB;
-  its decay is set through `_RJEM_MALLOC_CONF`, read once when deltalake is first imported, so
-  `embedding_assets.lib.lake` sets it (unless the environment already does) before that import.
+- delta-rs' own jemalloc keeps dirty pages for 10 s, which during a fast write is hundreds of MB.
+  Its decay is read from `_RJEM_MALLOC_CONF` once, when deltalake's library loads, so it cannot be
+  set from here (an earlier import of deltalake would silently ignore it): the process environment
+  sets it (Makefile, Dockerfile, k8s values): `_RJEM_MALLOC_CONF=dirty_decay_ms:250,muzzy_decay_ms:0`.
 
-Each setting is process-wide and applies to allocations made after it; none changes results.
+The first two are set at run time by `configure_for_streaming`. Each setting is process-wide and
+applies to allocations made after it; none changes results.
 """
 
 from __future__ import annotations
@@ -26,14 +28,8 @@ M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
 MMAP_THRESHOLD_BYTES = 1 << 20
 TRIM_THRESHOLD_BYTES = 8 << 20
-DELTA_JEMALLOC_CONF = "dirty_decay_ms:250,muzzy_decay_ms:0"
 
 _configured = False
-
-
-def set_delta_allocator_env() -> None:
-    """Makes delta-rs' jemalloc return freed pages at once (only before deltalake is imported)."""
-    os.environ.setdefault("_RJEM_MALLOC_CONF", DELTA_JEMALLOC_CONF)
 
 
 def _glibc():
@@ -48,7 +44,7 @@ def _glibc():
 
 
 def configure_for_streaming() -> str:
-    """Applies the settings above once per process (an explicit environment setting wins).
+    """Applies the glibc and Arrow settings above once per process (an explicit environment setting wins).
 
     Returns the Arrow memory pool in use, for the step's metadata.
     """

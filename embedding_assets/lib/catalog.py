@@ -16,7 +16,7 @@ import pyarrow as pa
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "raw_documents": {
         "batch": "The landed batch (partition key): the folder or prefix the document came from.",
-        "doc_id": "Stable id: the file's path inside the batch folder, or path#id for a record of a .jsonl or .parquet file.",
+        "doc_id": "Stable id: the file's path inside the batch folder, or path#id for a record of a .jsonl, .csv or .parquet file.",
         "source": "The file the document was read from, relative to the batch folder.",
         "text": "The document's text, decoded as UTF-8 (invalid bytes replaced and flagged).",
         "content_hash": "Hash of the text: a changed document gets a new hash.",
@@ -27,7 +27,7 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
     "rejected_documents": {
         "batch": "The landed batch (partition key).",
         "source": "The file that could not be read, relative to the batch folder.",
-        "record": "The record's id within a .jsonl or .parquet file (the reason names its line or row); empty for a whole file.",
+        "record": "Where in a .jsonl, .csv or .parquet file: the record's id, or its line or row; empty for a whole file.",
         "reason": "Why it was rejected (empty, binary, broken JSON, missing text, over the size cap, ...).",
         "rejected_at": "When this partition was ingested (UTC).",
     },

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pyarrow.compute as pc
 
-from embedding_assets.lib import lake, pipeline, schemas
+from embedding_assets.lib import lake
+from embedding_assets.lib.lake import tables
 
 
 def embedding_checks(lake_root: str, batch: str, dimension: int, fingerprint: str, normalized: bool) -> list[tuple[str, bool, dict]]:
     """(check name, passed, details) for every check on the partition."""
-    emb = lake.read_partition(lake_root, pipeline.EMBEDDINGS, batch, columns=["chunk_id", "embedding", "model"])
-    meta = lake.read_partition(lake_root, pipeline.BUCKETS, batch, columns=["chunk_id"])
+    emb = lake.read_partition(lake_root, tables.EMBEDDINGS, batch, columns=["chunk_id", "embedding", "model"])
+    meta = lake.read_partition(lake_root, tables.BUCKETS, batch, columns=["chunk_id"])
     if emb is None:
         return [(name, False, {"reason": "no embeddings table"}) for name in ("one_vector_per_chunk", "finite_values", "expected_dimension", "unit_norm", "single_fingerprint")]
     chunk_ids = emb.column("chunk_id")
@@ -22,7 +23,7 @@ def embedding_checks(lake_root: str, batch: str, dimension: int, fingerprint: st
     extra = len(set(have) - current)
     lengths = pc.list_value_length(emb.column("embedding"))
     wrong_dim = int(pc.sum(pc.not_equal(lengths, dimension)).as_py() or 0)
-    vectors = schemas.arrow_to_vectors(emb.column("embedding")) if not wrong_dim else np.zeros((0, dimension), np.float32)
+    vectors = tables.arrow_to_vectors(emb.column("embedding")) if not wrong_dim else np.zeros((0, dimension), np.float32)
     nonfinite = int((~np.isfinite(vectors).all(axis=1)).sum()) if len(vectors) else 0
     norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.zeros(0)
     off_unit = int((np.abs(norms - 1.0) > 1e-3).sum()) if normalized else 0

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
-from embedding_assets.lib import lake, pipeline, schemas
+from embedding_assets.lib import lake
+from embedding_assets.lib.lake import tables
 
 
 @dataclass(frozen=True)
@@ -22,17 +23,17 @@ class Hit:
 
 def search(lake_root: str, engine, query: str, k: int = 5, batch: str | None = None) -> list[Hit]:
     """The k chunks closest to `query`, over one batch or the whole lake, for the engine's model."""
-    if not lake.exists(lake_root, pipeline.EMBEDDINGS):
+    if not lake.exists(lake_root, tables.EMBEDDINGS):
         raise RuntimeError(f"no embeddings table under {lake_root}: materialize embeddings first")
     query_vector = engine.encode_texts([query])[0]
     same_model = pc.field("model") == engine.fingerprint
     where = same_model if batch is None else (same_model & (pc.field("batch") == batch))
-    dataset = lake.open_table(lake_root, pipeline.EMBEDDINGS).to_pyarrow_dataset()
+    dataset = lake.open_table(lake_root, tables.EMBEDDINGS).to_pyarrow_dataset()
     best: list[tuple[float, str, str, str]] = []
     for record_batch in dataset.to_batches(columns=["batch", "doc_id", "chunk_id", "embedding"], filter=where, batch_size=65536):
         if record_batch.num_rows == 0:
             continue
-        scores = schemas.arrow_to_vectors(record_batch.column("embedding")) @ query_vector
+        scores = tables.arrow_to_vectors(record_batch.column("embedding")) @ query_vector
         top = np.argsort(-scores)[:k]
         batches_, docs, chunk_ids = (record_batch.column(c).to_pylist() for c in ("batch", "doc_id", "chunk_id"))
         for i in top:
@@ -54,5 +55,5 @@ def search(lake_root: str, engine, query: str, k: int = 5, batch: str | None = N
 def _chunk_texts(lake_root: str, keys: set[tuple[str, str]]) -> dict[str, str]:
     ids = sorted({c for _, c in keys})
     batches_ = sorted({b for b, _ in keys})
-    table = lake.read_table(lake_root, pipeline.CHUNKS, columns=["chunk_id", "text"], filter=pc.field("batch").isin(batches_) & pc.field("chunk_id").isin(ids))
+    table = lake.read_table(lake_root, tables.CHUNKS, columns=["chunk_id", "text"], filter=pc.field("batch").isin(batches_) & pc.field("chunk_id").isin(ids))
     return dict(zip(table.column("chunk_id").to_pylist(), table.column("text").to_pylist())) if table is not None else {}

@@ -13,7 +13,8 @@ from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
 from embedding_assets.defs.stage import STAGE, definition_metadata, progress, table_metadata
 from embedding_assets.lib import lake as delta
-from embedding_assets.lib import pipeline
+from embedding_assets.lib import stages
+from embedding_assets.lib.lake import tables
 from embedding_assets.lib.telemetry import Telemetry
 
 # Figures of the run that last embedded something: carried onto a materialization that embedded
@@ -23,10 +24,10 @@ MEASURED = ("tokens", "padded_tokens", "padded_fraction", "tokens_per_s", "batch
 
 @dg.asset(
     **STAGE,
-    deps=[pipeline.RAW],
+    deps=[tables.RAW],
     op_tags=cpu_step_tags(),
     kinds={"deltalake"},
-    metadata=definition_metadata(pipeline.CHUNKS),
+    metadata=definition_metadata(tables.CHUNKS),
 )
 def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource) -> dg.MaterializeResult:
     """Documents split with the model's own tokenizer into chunks of at most the model's max
@@ -34,10 +35,10 @@ def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelRe
     boundaries, with overlap. chunk_id is stable: a hash of (doc_id, chunk_index, text hash)."""
     batch, lake_root = context.partition_key, lake.lake_root
     tokenizer = model.tokenizer()
-    result = pipeline.chunk_batch(lake_root, batch, tokenizer, lake.chunk_limit, lake.overlap, log=context.log.info)
+    result = stages.chunk_batch(lake_root, batch, tokenizer, lake.chunk_limit, lake.overlap, log=context.log.info)
     result["model"] = model.model_name
     progress(context, "chunks", result, "documents", "chunks", "tokens")
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.CHUNKS, lake_root, batch))
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.CHUNKS, lake_root, batch))
 
 
 @dg.asset(
@@ -45,22 +46,22 @@ def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelRe
     deps=[chunks],
     op_tags=cpu_step_tags(),
     kinds={"deltalake"},
-    metadata=definition_metadata(pipeline.BUCKETS),
+    metadata=definition_metadata(tables.BUCKETS),
 )
 def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource) -> dg.MaterializeResult:
     """Every chunk tokenized once on CPU (input_ids stored), assigned a 16-token length bucket and
     ordered by length (identical texts adjacent), so the embedder batches with almost no padding
     and never tokenizes."""
     batch, lake_root = context.partition_key, lake.lake_root
-    result = pipeline.bucket_batch(lake_root, batch, model.tokenizer(), log=context.log.info)
+    result = stages.bucket_batch(lake_root, batch, model.tokenizer(), log=context.log.info)
     progress(context, "length_buckets", result, "chunks", "tokens", "buckets")
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.BUCKETS, lake_root, batch))
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.BUCKETS, lake_root, batch))
 
 
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            pipeline.EMBEDDINGS,
+            tables.EMBEDDINGS,
             deps=[length_buckets],
             description="One vector per chunk (Arrow fixed-size float32 lists when written) with the model fingerprint. "
             "Only chunks whose text has no vector under the current fingerprint are embedded; progress is committed at "
@@ -68,7 +69,7 @@ def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model:
             "vectors of chunks that no longer exist. On CUDA the metadata records peak memory, utilization (with "
             "nvidia-ml-py) and tokens/s per device; on CPU, CPU use and threads.",
             kinds={"deltalake", "pytorch"},
-            metadata=definition_metadata(pipeline.EMBEDDINGS),
+            metadata=definition_metadata(tables.EMBEDDINGS),
         )
     ],
     **STAGE,
@@ -76,22 +77,22 @@ def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model:
     pool=GPU_POOL,
     check_specs=EMBEDDING_CHECKS,
     can_subset=True,  # the checks can run alone, for a chosen partition
-    name=pipeline.EMBEDDINGS,
+    name=tables.EMBEDDINGS,
 )
 def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource):
     """Embeds what the partition lacks, swaps it in, then runs the blocking checks (or the checks alone)."""
     batch, lake_root = context.partition_key, lake.lake_root
     engine = model.engine(log=context.log.info)
     selected_checks = set(context.selected_asset_check_keys)
-    if dg.AssetKey(pipeline.EMBEDDINGS) not in context.selected_asset_keys:
+    if dg.AssetKey(tables.EMBEDDINGS) not in context.selected_asset_keys:
         # The checks alone, for this partition: nothing is embedded or written.
         context.log.info(f"checking embeddings {batch} under {engine.fingerprint}")
         yield from check_embeddings(lake_root, batch, engine, selected_checks)
         return
     try:
-        with delta.partition_lock(lake_root, pipeline.EMBEDDINGS, batch), Telemetry(engine.device.split(",")) as telemetry:
+        with delta.partition_lock(lake_root, tables.EMBEDDINGS, batch), Telemetry(engine.device.split(",")) as telemetry:
             with telemetry.count_tokens(engine):
-                result = pipeline.embed_batch(lake_root, batch, engine, commit_seconds=lake.commit_interval, log=context.log.info)
+                result = stages.embed_batch(lake_root, batch, engine, commit_seconds=lake.commit_interval, log=context.log.info)
     except delta.PartitionBusy as exc:
         raise dg.Failure(f"{exc}; this step retries once that run is done", allow_retries=True) from None
     if result.get("skipped"):
@@ -100,7 +101,7 @@ def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: Mod
         result.update(telemetry.figures())
     progress(context, "embeddings", result, "chunks", "embedded_texts", "reused_vectors", "tokens")
     checks = check_embeddings(lake_root, batch, engine, selected_checks)
-    yield dg.MaterializeResult(metadata=table_metadata(result, pipeline.EMBEDDINGS, lake_root, batch, engine.dimension), check_results=checks)
+    yield dg.MaterializeResult(metadata=table_metadata(result, tables.EMBEDDINGS, lake_root, batch, engine.dimension), check_results=checks)
 
 
 def _carry_measured_figures(context: dg.AssetExecutionContext, result: dict) -> None:
@@ -113,7 +114,7 @@ def _carry_measured_figures(context: dg.AssetExecutionContext, result: dict) -> 
     for key in ("tokens", "tokens_per_s", "padded_fraction"):
         result.pop(key, None)
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey(pipeline.EMBEDDINGS), asset_partitions=[context.partition_key]), limit=1
+        dg.AssetRecordsFilter(asset_key=dg.AssetKey(tables.EMBEDDINGS), asset_partitions=[context.partition_key]), limit=1
     ).records
     if not records or records[0].asset_materialization is None:
         return
@@ -133,20 +134,20 @@ def _carry_measured_figures(context: dg.AssetExecutionContext, result: dict) -> 
     deps=[embeddings],
     op_tags=cpu_step_tags(),
     kinds={"deltalake"},
-    metadata=definition_metadata(pipeline.DOCUMENTS),
+    metadata=definition_metadata(tables.DOCUMENTS),
 )
 def document_embeddings(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """One vector per document: the token-weighted mean of its chunk vectors, re-normalized;
     read from the embeddings and length_buckets tables."""
     batch, lake_root = context.partition_key, lake.lake_root
-    result = pipeline.document_vectors(lake_root, batch, log=context.log.info)
+    result = stages.document_vectors(lake_root, batch, log=context.log.info)
     progress(context, "document_embeddings", result, "documents", "chunks")
-    return dg.MaterializeResult(metadata=table_metadata(result, pipeline.DOCUMENTS, lake_root, batch, _dimension(lake_root, batch)))
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.DOCUMENTS, lake_root, batch, _dimension(lake_root, batch)))
 
 
 def _dimension(lake_root: str, batch: str) -> int:
     """The vector length of a document_embeddings partition (0 if it is empty), from one row."""
-    for record_batch in delta.scan_partition(lake_root, pipeline.DOCUMENTS, batch, columns=["embedding"], batch_size=1):
+    for record_batch in delta.scan_partition(lake_root, tables.DOCUMENTS, batch, columns=["embedding"], batch_size=1):
         if record_batch.num_rows:
             return len(record_batch.column(0)[0])
     return 0

@@ -45,7 +45,7 @@ class ModelResource(dg.ConfigurableResource):
 
     def tokenizer(self):
         """The model's tokenizer alone (no torch, no weights): for the CPU stages."""
-        from embedding_assets.lib.model import load_tokenizer
+        from embedding_assets.lib.encoders import load_tokenizer
 
         return load_tokenizer(self.model_name)
 
@@ -56,8 +56,8 @@ class ModelResource(dg.ConfigurableResource):
         with _LOCK:
             engine = _ENGINES.get(key)
             if engine is None:
-                from embedding_assets.lib.engine import build_engine
-                from embedding_assets.lib.tuning import DEFAULT_SOURCE, load_tuned_budget
+                from embedding_assets.lib.encoders import build_engine
+                from embedding_assets.lib.encoders.tuning import DEFAULT_SOURCE, load_tuned_budget
 
                 engine = build_engine(model, device, precision, backend, cache_dir=cache_dir)
                 if token_budget:

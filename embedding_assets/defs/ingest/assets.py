@@ -1,7 +1,7 @@
 """The ingest domain's assets: one landed batch folder -> raw_documents and rejected_documents.
 
 One step reads the batch and writes both tables, so they are one multi-asset. Before reading, the
-step takes the batch's landing fingerprint (`lib.fingerprint`) and records it as raw_documents'
+step takes the batch's landing fingerprint (`lib.storage.landing.batch_fingerprint`) and records it as raw_documents'
 data version: the landing sensor compares it with the files' current fingerprint to tell an
 up-to-date partition from a changed one, and a file changed during the read makes the two differ,
 so the next tick runs the batch again.
@@ -17,14 +17,15 @@ from embedding_assets.defs.partitions import batches
 from embedding_assets.defs.resources import LakeResource
 from embedding_assets.defs.stage import GROUP, RETRY, definition_metadata, progress, table_metadata
 from embedding_assets.lib import lake as delta
-from embedding_assets.lib import pipeline
-from embedding_assets.lib.fingerprint import batch_fingerprint
+from embedding_assets.lib import stages
+from embedding_assets.lib.lake import tables
+from embedding_assets.lib.storage.landing import batch_fingerprint
 
 with warnings.catch_warnings():  # partitioned checks are a preview feature of Dagster 1.13
     warnings.simplefilter("ignore", dg.PreviewWarning)
     REJECT_FRACTION_CHECK = dg.AssetCheckSpec(
         "reject_fraction_below_threshold",
-        asset=pipeline.REJECTED,
+        asset=tables.REJECTED,
         partitions_def=batches,
         description="Warns when more than EMBEDDING_MAX_REJECT_FRACTION of a batch's files and records were rejected.",
     )
@@ -33,18 +34,18 @@ with warnings.catch_warnings():  # partitioned checks are a preview feature of D
 @dg.multi_asset(
     specs=[
         dg.AssetSpec(
-            pipeline.RAW,
+            tables.RAW,
             description="One row per readable document of the batch: doc_id (path in the batch, or path#id for record "
             "files), source, text, content_hash, size_bytes, flags. Its data version is the batch's landing fingerprint.",
             kinds={"deltalake"},
-            metadata=definition_metadata(pipeline.RAW),
+            metadata=definition_metadata(tables.RAW),
         ),
         dg.AssetSpec(
-            pipeline.REJECTED,
+            tables.REJECTED,
             description="One row per file or record of the batch that could not be read, with the reason "
             "(empty, binary, broken JSON, missing text, over the size cap, ...). Rejections never stop the batch.",
             kinds={"deltalake"},
-            metadata=definition_metadata(pipeline.REJECTED),
+            metadata=definition_metadata(tables.REJECTED),
         ),
     ],
     check_specs=[REJECT_FRACTION_CHECK],
@@ -63,31 +64,31 @@ def ingest(context: dg.AssetExecutionContext, lake: LakeResource):
     context.log.info(f"ingesting batch {batch} from {landing} (landing fingerprint {fingerprint})")
     failure = None
     try:
-        result = pipeline.ingest_batch(landing, lake_root, batch, lake.file_cap, log=context.log.warning)
-    except pipeline.AllDocumentsRejected as exc:
+        result = stages.ingest_batch(landing, lake_root, batch, lake.file_cap, log=context.log.warning)
+    except stages.AllDocumentsRejected as exc:
         result, failure = None, str(exc)
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise _failure(f"batch {batch!r}: no landing folder {delta.table_uri(landing, batch)} ({exc.strerror or exc})", {"landing": landing}) from None
 
-    rejected = delta.read_partition(lake_root, pipeline.REJECTED, batch, columns=["source", "record", "reason"])
+    rejected = delta.read_partition(lake_root, tables.REJECTED, batch, columns=["source", "record", "reason"])
     n_rejected = 0 if rejected is None else rejected.num_rows
     n_documents = 0 if result is None else result["documents"]
     selected = context.selected_asset_keys
-    if dg.AssetKey(pipeline.REJECTED) in selected:
+    if dg.AssetKey(tables.REJECTED) in selected:
         reasons = Counter(_reason_kind(r) for r in (rejected.column("reason").to_pylist() if rejected is not None else []))
         numbers = {"rejected": n_rejected, "documents": n_documents, **{f"reason: {k}": v for k, v in sorted(reasons.items())}}
         checks = []
         if REJECT_FRACTION_CHECK.key in context.selected_asset_check_keys:
             checks.append(_reject_check(batch, n_documents, n_rejected, lake.reject_threshold))
-        yield dg.MaterializeResult(asset_key=pipeline.REJECTED, metadata=table_metadata(numbers, pipeline.REJECTED, lake_root, batch), check_results=checks)
+        yield dg.MaterializeResult(asset_key=tables.REJECTED, metadata=table_metadata(numbers, tables.REJECTED, lake_root, batch), check_results=checks)
     if failure is not None:
         sample = [] if rejected is None else [f"{s}{' ' + r if r else ''}: {why}" for s, r, why in zip(*(rejected.column(c).to_pylist() for c in ("source", "record", "reason")))][:50]
         raise _failure(failure, {"rejected": n_rejected, "rejections": dg.MetadataValue.md("\n".join(f"- `{x}`" for x in sample) or "none"), "landing_fingerprint": fingerprint})
     result["landing_fingerprint"] = fingerprint
-    if dg.AssetKey(pipeline.RAW) in selected:
+    if dg.AssetKey(tables.RAW) in selected:
         yield dg.MaterializeResult(
-            asset_key=pipeline.RAW,
-            metadata=table_metadata(result, pipeline.RAW, lake_root, batch),
+            asset_key=tables.RAW,
+            metadata=table_metadata(result, tables.RAW, lake_root, batch),
             data_version=dg.DataVersion(fingerprint) if fingerprint else None,
         )
     progress(context, "raw_documents", result, "documents", "rejected")
@@ -108,7 +109,7 @@ def _reject_check(batch: str, documents: int, rejected: int, threshold: float) -
     fraction = rejected / total if total else 0.0
     return dg.AssetCheckResult(
         check_name=REJECT_FRACTION_CHECK.name,
-        asset_key=pipeline.REJECTED,
+        asset_key=tables.REJECTED,
         passed=fraction <= threshold,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"{rejected} of {total} files and records of batch {batch!r} rejected ({fraction:.1%}; warn above {threshold:.1%})",

@@ -1,8 +1,8 @@
 """The landing sensor and the partition sync it shares with `embedding-assets sync`.
 
-Each tick the sensor takes every batch's landing fingerprint (`lib.fingerprint`: names, sizes and
-ctime/mtime/inode of its files, or size and last-modified time in object storage) and compares it
-with the data version of the latest raw_documents materialization of that partition, read from the
+Each tick the sensor takes every batch's landing fingerprint (`lib.storage.landing.batch_states`:
+names, sizes and ctime/mtime/inode of its files, or size and last-modified time in object storage)
+and compares it with the data version of the latest raw_documents materialization of that partition, read from the
 instance in one query. A batch runs when the two differ and it has settled: a new batch, a file
 added (whatever its mtime), rewritten (even with its mtime put back) or deleted, or every file
 deleted (the run then empties the batch downstream). A batch whose files match what was last
@@ -21,13 +21,13 @@ from dagster._core.events import DagsterEventType
 
 from embedding_assets.defs.partitions import batches
 from embedding_assets.defs.resources import LakeResource
-from embedding_assets.lib import pipeline
-from embedding_assets.lib.fingerprint import READY_MARKER, BatchState, batch_states
-from embedding_assets.lib.landing import new_batches
+from embedding_assets.lib.lake import tables
+from embedding_assets.lib.storage import READY_MARKER, new_batches
+from embedding_assets.lib.storage.landing import BatchState, batch_states
 
 embed_batch_job = dg.define_asset_job(
     "embed_batch",
-    selection=dg.AssetSelection.assets(pipeline.RAW, pipeline.REJECTED).downstream(),
+    selection=dg.AssetSelection.assets(tables.RAW, tables.REJECTED).downstream(),
     partitions_def=batches,
     description="Ingest, chunk, tokenize and embed one landed batch, then build its document vectors.",
 )
@@ -53,7 +53,7 @@ def ingested_fingerprints(instance: dg.DagsterInstance, names: list[str]) -> dic
     if not names:
         return {}
     tags = instance.event_log_storage.get_latest_tags_by_partition(
-        dg.AssetKey(pipeline.RAW), DagsterEventType.ASSET_MATERIALIZATION, [_DATA_VERSION_TAG], asset_partitions=names
+        dg.AssetKey(tables.RAW), DagsterEventType.ASSET_MATERIALIZATION, [_DATA_VERSION_TAG], asset_partitions=names
     )
     return {name: values[_DATA_VERSION_TAG] for name, values in tags.items() if _DATA_VERSION_TAG in values}
 

@@ -1,0 +1,190 @@
+"""Delta Lake table I/O: every table lives at `<lake root>/<name>` and is partitioned by `batch`.
+
+Writes to one partition never touch another: a partition is replaced with an overwrite whose
+predicate is `batch = '<batch>'`, so concurrent runs on different batches commit side by side
+(delta-rs retries a commit that raced another writer on a different partition). Reads prune to
+one partition and to the columns asked for, and can stream record batches. Streamed writes go
+through `writer` (bounded memory).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from embedding_assets.lib.lake import writer
+from embedding_assets.lib.storage.names import validate_batch
+from embedding_assets.lib.storage.uri import is_object_store, local_path
+
+def table_uri(root: str, name: str) -> str:
+    if is_object_store(root):
+        return f"{root.rstrip('/')}/{name}"
+    return os.path.join(local_path(root), name)
+
+
+def storage_options(root: str) -> dict[str, str] | None:
+    """Object-storage credentials for delta-rs, taken from the environment (never logged)."""
+    if not is_object_store(root):
+        return None
+    from embedding_assets.lib.storage.credentials import delta_storage_options
+
+    return delta_storage_options(root)
+
+
+def exists(root: str, name: str) -> bool:
+    # Not DeltaTable.is_deltatable: it holds the GIL through its storage round trips, which
+    # freezes every other thread (the prefetching reader, the sensor daemon) on object storage.
+    from deltalake.exceptions import TableNotFoundError
+
+    try:
+        open_table(root, name)
+    except TableNotFoundError:
+        return False
+    return True
+
+
+def open_table(root: str, name: str):
+    from deltalake import DeltaTable
+
+    return DeltaTable(table_uri(root, name), storage_options=storage_options(root))
+
+
+def _writer_properties():
+    from deltalake import WriterProperties
+
+    return WriterProperties(max_row_group_size=writer.ROW_GROUP_ROWS, compression="SNAPPY")
+
+
+def _sizes() -> dict:
+    return {"target_file_size": writer.TARGET_FILE_BYTES, "writer_properties": _writer_properties()}
+
+
+def _partition_filter(batch: str):
+    return pc.field("batch") == batch
+
+
+def read_partition(root: str, name: str, batch: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
+    """One partition of a table as Arrow, or None if the table does not exist yet."""
+    if not exists(root, name):
+        return None
+    dataset = open_table(root, name).to_pyarrow_dataset()
+    expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
+    return dataset.to_table(columns=columns, filter=expression)
+
+
+def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
+    """One partition, streamed in record batches (bounded memory)."""
+    if not exists(root, name):
+        return iter(())
+    dataset = open_table(root, name).to_pyarrow_dataset()
+    expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
+    # One file and a couple of batches ahead at most: the default read-ahead (4 files, 16 batches)
+    # would hold hundreds of MB of vectors in flight.
+    return dataset.to_batches(columns=columns, filter=expression, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+
+
+def read_table(root: str, name: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
+    if not exists(root, name):
+        return None
+    return open_table(root, name).to_pyarrow_dataset().to_table(columns=columns, filter=filter)
+
+
+def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.RecordBatchReader, *, app_transaction: tuple[str, int] | None = None) -> None:
+    """Atomically replaces one partition's rows with `data` (one commit; other partitions untouched).
+
+    A table is written by delta-rs; a reader is streamed by `writer` (bounded memory).
+    """
+    from deltalake import write_deltalake
+
+    validate_batch(batch)
+    uri, options = table_uri(root, name), storage_options(root)
+    if isinstance(data, pa.RecordBatchReader):
+        # A one-shot reader cannot be replayed after losing a create race: create the table empty.
+        _create_empty(root, name, data.schema)
+        writer.write_partition(uri, options, name, batch, data, mode="overwrite", app_transaction=app_transaction)
+        return
+    props = writer.commit_properties(app_transaction)
+    if not exists(root, name):
+        # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
+        try:
+            write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
+            return
+        except Exception:
+            if not exists(root, name):
+                raise
+    write_deltalake(
+        uri, data, mode="overwrite", predicate=f"batch = '{batch}'", partition_by=["batch"],
+        storage_options=options, commit_properties=props, **_sizes(),
+    )
+
+
+def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
+    """Creates the table with no rows if it does not exist; a concurrent creator wins the race."""
+    from deltalake import write_deltalake
+
+    if exists(root, name):
+        return
+    try:
+        write_deltalake(table_uri(root, name), schema.empty_table(), mode="error", partition_by=["batch"], storage_options=storage_options(root))
+    except Exception:
+        if not exists(root, name):
+            raise
+
+
+def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, int] | None = None) -> None:
+    """Appends rows in one commit; with an app transaction, a replay or a retry after an ambiguous
+    failure is a no-op (checked before the commit and after a failure: delta-rs would append the
+    same rows twice)."""
+    if app_transaction and transaction_version(root, name, app_transaction[0]) >= app_transaction[1]:
+        return
+    _create_empty(root, name, data.schema)
+    batches = pc.unique(data.column("batch")).to_pylist() if data.num_rows else []
+    if len(batches) > 1 and app_transaction:
+        raise ValueError("an exactly-once append writes one partition")
+    uri, options = table_uri(root, name), storage_options(root)
+    for batch in batches:
+        rows = data.filter(pc.equal(data.column("batch"), batch)) if len(batches) > 1 else data
+        writer.write_partition(
+            uri, options, name, validate_batch(batch), rows.to_batches(max_chunksize=writer.ROW_GROUP_ROWS),
+            mode="append", app_transaction=app_transaction,
+        )
+
+
+def transaction_version(root: str, name: str, app_id: str) -> int:
+    """The last committed version of an application transaction, or -1."""
+    if not exists(root, name):
+        return -1
+    version = open_table(root, name).transaction_version(app_id)
+    return -1 if version is None else int(version)
+
+
+def delete_partition(root: str, name: str, batch: str, extra_predicate: str | None = None) -> None:
+    if not exists(root, name):
+        return
+    predicate = f"batch = '{validate_batch(batch)}'" + (f" AND ({extra_predicate})" if extra_predicate else "")
+    open_table(root, name).delete(predicate, commit_properties=writer.commit_properties())
+
+
+def compact_partition(root: str, name: str, batch: str) -> dict:
+    if not exists(root, name):
+        return {}
+    return open_table(root, name).optimize.compact(
+        partition_filters=[("batch", "=", validate_batch(batch))], target_size=writer.TARGET_FILE_BYTES,
+        max_concurrent_tasks=1, writer_properties=_writer_properties(),
+    )
+
+
+def vacuum(root: str, name: str, retention_hours: int) -> list[str]:
+    """Deletes data files that left the table more than `retention_hours` ago."""
+    if not exists(root, name):
+        return []
+    return open_table(root, name).vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
+
+
+def partitions(root: str, name: str) -> list[str]:
+    if not exists(root, name):
+        return []
+    return sorted({p["batch"] for p in open_table(root, name).partitions()})

@@ -1,0 +1,223 @@
+"""Parallel CPU prep: an ordered map over a process pool, and the work it runs.
+
+`ordered_map` hands items (record batches of documents or chunk texts) to worker processes and
+yields the results in input order, with a bounded number of items in flight: it reads its input
+only as fast as results are consumed, so a partition never sits in memory at once. With one worker
+it runs the same function inline, in this process, so serial and parallel runs share one code path
+and give the same output.
+
+Workers are started with "spawn" (or "forkserver"): no fork of a process whose threads (the
+tokenizer's, Arrow's) may hold locks. Each worker builds its state once, in the initializer: a
+`Chunker` (`init_chunker`) or a truncating tokenizer (`init_tokenizer`), from the tokenizer's JSON.
+
+The work functions return numpy and Arrow values (int32 arrays, record batches), not Python lists
+of ints, which are slow to pickle back from a worker.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
+
+import numpy as np
+import pyarrow as pa
+from tokenizers import Tokenizer
+
+from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def ordered_map(
+    fn: Callable[[T], R],
+    items: Iterable[T],
+    workers: int,
+    *,
+    initializer: Callable[..., Any] | None = None,
+    initargs: tuple = (),
+    max_in_flight: int | None = None,
+    context: str = "spawn",
+) -> Iterator[R]:
+    """`fn(item)` for every item, in input order, over `workers` processes.
+
+    At most `max_in_flight` items (default: two per worker) are submitted and not yet yielded, so
+    `items` is consumed lazily. `fn` and `initializer` must be top-level functions (picklable);
+    the initializer runs once per worker process. With `workers <= 1` everything runs inline in
+    this process (the initializer once, before the first item). An exception raised by `fn` in a
+    worker is raised here, with its own type and message, when its result's turn comes; the items
+    still in flight are cancelled and the pool is shut down.
+    """
+    if workers <= 1:
+        if initializer is not None:
+            initializer(*initargs)
+        for item in items:
+            yield fn(item)
+        return
+    limit = max(1, max_in_flight if max_in_flight is not None else 2 * workers)
+    pool = ProcessPoolExecutor(
+        max_workers=workers,
+        mp_context=multiprocessing.get_context(context),
+        initializer=initializer,
+        initargs=initargs,
+    )
+    pending: deque = deque()
+    try:
+        for item in items:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= limit:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------- chunks: documents -> chunks
+
+# The chunks columns a worker returns (the stage adds the partition's `batch` column).
+CHUNK_COLUMNS = pa.schema([
+    ("doc_id", pa.string()),
+    ("chunk_id", pa.string()),
+    ("chunk_index", pa.int32()),
+    ("text", pa.large_string()),
+    ("text_hash", pa.string()),
+    ("n_tokens", pa.int32()),
+    ("char_start", pa.int64()),
+    ("char_end", pa.int64()),
+])
+
+_chunker: Chunker | None = None
+_tokenizer: Tokenizer | None = None
+
+
+class ChunkedDocuments(NamedTuple):
+    chunks: pa.RecordBatch  # CHUNK_COLUMNS, documents in input order, chunks in document order
+    documents: int  # documents read, the refused ones included
+    without_tokens: list[str]  # doc_ids whose text holds nothing the tokenizer keeps
+    refused: list[tuple[str, str]]  # (doc_id, reason): documents over the chunker's size limit
+    # With keep_ids: every chunk's token ids (special tokens included), laid end to end, and
+    # where each chunk's ids start (len = chunks + 1). None otherwise.
+    ids: np.ndarray | None = None  # int32
+    id_offsets: np.ndarray | None = None  # int64
+
+
+def init_chunker(
+    tokenizer_json: str,
+    max_tokens: int,
+    overlap: int,
+    max_document_chars: int | None = None,
+    keep_ids: bool = False,
+) -> None:
+    """Builds this process's Chunker (an `ordered_map` initializer)."""
+    global _chunker
+    _chunker = Chunker(
+        Tokenizer.from_str(tokenizer_json),
+        max_tokens,
+        overlap=overlap,
+        max_document_chars=max_document_chars,
+        keep_ids=keep_ids,
+    )
+
+
+def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> ChunkedDocuments:
+    """Chunks documents with this process's Chunker (see `init_chunker`)."""
+    chunker = _chunker
+    if chunker is None:
+        raise RuntimeError("chunk_documents needs init_chunker to have run in this process")
+    out_doc, out_id, out_index, out_text, out_hash = [], [], [], [], []
+    n_tokens, char_start, char_end = [], [], []
+    ids: list[np.ndarray] = []
+    without_tokens: list[str] = []
+    refused: list[tuple[str, str]] = []
+    for i in range(len(doc_ids)):
+        doc_id, text = _value(doc_ids[i]), _value(texts[i])
+        problem = chunker.size_problem(text)
+        if problem is not None:
+            refused.append((doc_id, problem))
+            continue
+        found = False
+        for chunk in chunker.iter_split(text):
+            found = True
+            digest = text_hash(chunk.text)
+            out_doc.append(doc_id)
+            out_id.append(chunk_id(doc_id, chunk.chunk_index, digest))
+            out_index.append(chunk.chunk_index)
+            out_text.append(chunk.text)
+            out_hash.append(digest)
+            n_tokens.append(chunk.n_tokens)
+            char_start.append(chunk.char_start)
+            char_end.append(chunk.char_end)
+            if chunker.keep_ids:
+                ids.append(chunk.input_ids)
+        if not found:
+            without_tokens.append(doc_id)
+    batch = pa.RecordBatch.from_arrays(
+        [
+            pa.array(out_doc, pa.string()),
+            pa.array(out_id, pa.string()),
+            pa.array(np.array(out_index, dtype=np.int32)),
+            pa.array(out_text, pa.large_string()),
+            pa.array(out_hash, pa.string()),
+            pa.array(np.array(n_tokens, dtype=np.int32)),
+            pa.array(np.array(char_start, dtype=np.int64)),
+            pa.array(np.array(char_end, dtype=np.int64)),
+        ],
+        schema=CHUNK_COLUMNS,
+    )
+    flat = offsets = None
+    if chunker.keep_ids:
+        flat, offsets = _flatten(ids)
+    return ChunkedDocuments(batch, len(doc_ids), without_tokens, refused, flat, offsets)
+
+
+def chunk_record_batch(batch: pa.RecordBatch | pa.Table) -> ChunkedDocuments:
+    """`chunk_documents` over the `doc_id` and `text` columns of a raw_documents record batch."""
+    return chunk_documents(batch.column("doc_id"), batch.column("text"))
+
+
+# ---------------------------------------------------------------- length_buckets: texts -> token ids
+
+class TokenizedTexts(NamedTuple):
+    lengths: np.ndarray  # int32, one per text: its number of ids
+    ids: np.ndarray  # int32, every text's ids laid end to end, in input order
+
+
+def init_tokenizer(tokenizer_json: str, max_length: int) -> None:
+    """Builds this process's tokenizer (an `ordered_map` initializer): special tokens added,
+    truncated to `max_length`, no padding, like `TokenizerInfo.encode_batch`."""
+    global _tokenizer
+    tokenizer = Tokenizer.from_str(tokenizer_json)
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length)
+    _tokenizer = tokenizer
+
+
+def tokenize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> TokenizedTexts:
+    """Token ids of every text with this process's tokenizer (see `init_tokenizer`). One text at
+    a time on this thread: the pool, not the tokenizer's own threads, spreads the work."""
+    tokenizer = _tokenizer
+    if tokenizer is None:
+        raise RuntimeError("tokenize_texts needs init_tokenizer to have run in this process")
+    if isinstance(texts, (pa.Array, pa.ChunkedArray)):
+        texts = texts.to_pylist()
+    ids = [tokenizer.encode(text, add_special_tokens=True).ids for text in texts]
+    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    return TokenizedTexts(lengths, flat)
+
+
+def _flatten(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+    if arrays:
+        np.cumsum([len(a) for a in arrays], out=offsets[1:])
+    flat = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.empty(0, dtype=np.int32)
+    return flat, offsets
+
+
+def _value(x: Any) -> Any:
+    return x.as_py() if isinstance(x, pa.Scalar) else x
