@@ -151,3 +151,25 @@ def test_cursor_stays_small_whatever_the_number_of_batches(dirs, instance, monke
     assert isinstance(after, dg.SkipReason) and "6 up to date" in after.skip_message
     assert json.loads(cursor)["pending"] == {}  # what ran is read from the instance, not kept here
     assert len(cursor) < 100
+
+
+def test_a_deleted_file_runs_the_batch_and_its_rows_leave_every_table(dirs, instance):
+    from embedding_assets.lib import lake
+
+    batch_dir = os.path.join(dirs["landing"], "b1")
+    write_corpus(batch_dir)
+    instance.add_dynamic_partitions("batches", ["b1"])
+    materialize_assets(dirs, instance, "b1")
+    tables = ["raw_documents", "chunks", "length_buckets", "embeddings", "document_embeddings"]
+    for table in tables:
+        assert "notes.md" in lake.read_partition(dirs["lake"], table, "b1", columns=["doc_id"]).column("doc_id").to_pylist()
+    assert isinstance(_tick(instance)[0], dg.SkipReason)
+
+    os.remove(os.path.join(batch_dir, "notes.md"))
+    result, _ = _tick(instance)
+    assert _requested(result) == ["b1"]
+    materialize_assets(dirs, instance, "b1")  # what the requested run does
+    for table in tables:
+        doc_ids = lake.read_partition(dirs["lake"], table, "b1", columns=["doc_id"]).column("doc_id").to_pylist()
+        assert doc_ids and "notes.md" not in doc_ids, table
+    assert isinstance(_tick(instance)[0], dg.SkipReason)
