@@ -12,6 +12,7 @@ import dagster as dg
 from embedding_assets import definitions
 from embedding_assets.definitions import ASSETS
 from embedding_assets.defs.embedding.checks import EMBEDDING_CHECKS
+from embedding_assets.defs.ingest.assets import REJECT_FRACTION_CHECK
 from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
 from embedding_assets.lib import lake
@@ -99,6 +100,12 @@ def test_embedding_checks_run_alone_for_a_chosen_partition(dirs, instance):
     checks = result.get_asset_check_evaluations()
     assert sorted(c.check_name for c in checks) == ["expected_dimension", "finite_values", "one_vector_per_chunk", "single_fingerprint", "unit_norm"]
     assert all(c.passed and c.partition == "b1" for c in checks)
+    # The reject check alone, likewise: it reads the row counts, it does not ingest again.
+    reject_only = job.get_subset(asset_selection=set(), asset_check_selection={REJECT_FRACTION_CHECK.key})
+    version = lake.open_table(dirs["lake"], "raw_documents").version()
+    [reject] = reject_only.execute_in_process(tags={"dagster/partition": "b1"}, instance=instance).get_asset_check_evaluations()
+    assert reject.passed and reject.partition == "b1" and reject.metadata["rejected"].value == 1 and reject.metadata["read"].value == 7
+    assert lake.open_table(dirs["lake"], "raw_documents").version() == version
 
 
 def test_an_up_to_date_rerun_keeps_the_measured_figures(dirs, instance):
