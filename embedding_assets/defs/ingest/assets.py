@@ -1,10 +1,10 @@
 """The ingest domain's assets: one landed batch folder -> raw_documents and rejected_documents.
 
 One step reads the batch and writes both tables, so they are one multi-asset. Before reading, the
-step takes the batch's landing fingerprint (`lib.storage.landing.batch_fingerprint`) and records it as raw_documents'
-data version: the landing sensor compares it with the files' current fingerprint to tell an
-up-to-date partition from a changed one, and a file changed during the read makes the two differ,
-so the next tick runs the batch again.
+step takes the batch's landing fingerprint (`lib.storage.landing.batch_fingerprint`) and records
+it as raw_documents' data version: the landing sensor compares it with the files' current
+fingerprint to tell an up-to-date partition from a changed one, and a file changed during the read
+makes the two differ, so the next tick runs the batch again.
 """
 
 import warnings
@@ -89,8 +89,7 @@ def ingest(context: dg.AssetExecutionContext, lake: LakeResource):
             checks.append(_reject_check(batch, n_documents, n_rejected, lake.reject_threshold))
         yield dg.MaterializeResult(asset_key=tables.REJECTED, metadata=table_metadata(numbers, tables.REJECTED, lake_root, batch), check_results=checks)
     if failure is not None:
-        sample = [] if rejected is None else [f"{s}{' ' + r if r else ''}: {why}" for s, r, why in zip(*(rejected.column(c).to_pylist() for c in ("source", "record", "reason")))][:50]
-        raise _failure(failure, {"rejected": n_rejected, "rejections": dg.MetadataValue.md("\n".join(f"- `{x}`" for x in sample) or "none"), "landing_fingerprint": fingerprint})
+        raise _failure(failure, {"rejected": n_rejected, "rejections": _rejection_list(rejected), "landing_fingerprint": fingerprint})
     result["landing_fingerprint"] = fingerprint
     if dg.AssetKey(tables.RAW) in selected:
         yield dg.MaterializeResult(
@@ -104,6 +103,15 @@ def ingest(context: dg.AssetExecutionContext, lake: LakeResource):
 def _failure(description: str, metadata: dict) -> dg.Failure:
     """A bad batch: a Failure that says what was wrong, not retried (the input, not the run, is at fault)."""
     return dg.Failure(description=description, metadata=metadata, allow_retries=False)
+
+
+def _rejection_list(rejected, limit: int = 50) -> dg.MetadataValue:
+    """The first `limit` rejections as a Markdown list: file, record, reason."""
+    if rejected is None:
+        return dg.MetadataValue.md("none")
+    rows = zip(*(rejected.column(c).to_pylist() for c in ("source", "record", "reason")))
+    lines = [f"- `{source}{' ' + record if record else ''}`: {reason}" for source, record, reason in rows]
+    return dg.MetadataValue.md("\n".join(lines[:limit]) or "none")
 
 
 def _reason_kind(reason: str) -> str:
