@@ -25,6 +25,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "EMBEDDING_SETTLE_SECONDS": ("30", "The sensor takes a batch once no file in it changed for this long (or it holds a _READY file)."),
     "EMBEDDING_CACHE": ("~/.cache/embedding_assets", "Local cache: tuned batch configs and exported ONNX models."),
     "EMBEDDING_MAX_FILE_BYTES": ("268435456", "Largest input file (after decompression) that is read; bigger ones are rejected."),
+    "EMBEDDING_MAX_DOCUMENT_CHARS": ("16000000", "Longest document (in characters, after decoding) that is ingested; longer ones are rejected with their size."),
     "EMBEDDING_DEPLOYMENT": ("local", "local (one process, in-process executor) or k8s (a pod per step)."),
     "DAGSTER_HOME": ("(none)", "The Dagster instance folder: run history, partitions, sensor cursors."),
 }
