@@ -31,7 +31,7 @@ from embedding_assets.lib.readers.base import (
     format_cap,
     over_document_cap,
 )
-from embedding_assets.lib.readers.records import Records, columns_problem
+from embedding_assets.lib.readers.records import Records, columns_problem, record_id_of
 
 SUFFIXES = (".parquet",)
 
@@ -102,9 +102,10 @@ def read(file: LandedFile) -> Iterator[Document | Rejection]:
                         id_problem = "id is not valid UTF-8"
                 elif raw_id is None:
                     id_problem = "id is null"
-                if too_long[begin + offset] and id_problem is None:
+                if too_long[begin + offset]:
+                    record_id = None if id_problem is not None else record_id_of(raw_id)[0]
                     size = int(text_lengths[begin + offset])
-                    yield records.reject(row, str(raw_id), over_document_cap(size, max_chars, "bytes"))
+                    yield records.reject(row, record_id, over_document_cap(size, max_chars, "bytes"))
                     continue
                 yield records.build(row, raw_id, id_problem, text, [])
             del ids, texts
