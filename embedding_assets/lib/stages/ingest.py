@@ -27,6 +27,7 @@ held one is re-raised with the redacted message and no chained original.
 
 from __future__ import annotations
 
+import array
 import hashlib
 import os
 import tempfile
@@ -199,12 +200,13 @@ class _Run:
             self.ids.add(digest, item.source)
             self.documents += 1
             self.bytes += item.size_bytes
-            self.flagged += bool(item.flags)
-            rows.add(item)
+            if item.flags:
+                self.flagged += 1
+            full = rows.add(item)
             del item
-            if rows.full():
+            if full:
                 yield rows.flush()
-        if rows.n:
+        if rows.docs:
             yield rows.flush()
         found = self.ids.duplicates()
         if found:
@@ -218,51 +220,35 @@ class _Run:
 
 
 class _RawRows:
-    """Column lists of at most _ROWS documents or _TEXT_BYTES of text."""
+    """At most _ROWS documents or _TEXT_BYTES of text, turned into one record batch at a time."""
 
     def __init__(self, batch: str, stamp) -> None:
         self.batch, self.stamp = batch, stamp
-        self._reset()
-
-    def _reset(self) -> None:
-        self.doc_id: list[str] = []
-        self.source: list[str] = []
-        self.text: list[str] = []
-        self.content_hash: list[str] = []
-        self.size_bytes: list[int] = []
-        self.flags: list[str] = []
-        self.n = 0
+        self.docs: list = []
         self.text_bytes = 0
 
-    def add(self, doc) -> None:
-        self.doc_id.append(doc.doc_id)
-        self.source.append(doc.source)
-        self.text.append(doc.text)
-        self.content_hash.append(doc.content_hash)
-        self.size_bytes.append(doc.size_bytes)
-        self.flags.append(doc.flags)
-        self.n += 1
+    def add(self, doc) -> bool:
+        """Adds a document; True once the record batch is full."""
+        self.docs.append(doc)
         self.text_bytes += doc.size_bytes
-
-    def full(self) -> bool:
-        return self.n >= _ROWS or self.text_bytes >= _TEXT_BYTES
+        return len(self.docs) >= _ROWS or self.text_bytes >= _TEXT_BYTES
 
     def flush(self) -> pa.RecordBatch:
-        n = self.n
+        docs, n = self.docs, len(self.docs)
         out = pa.record_batch(
             [
                 pa.array([self.batch] * n, pa.string()),
-                pa.array(self.doc_id, pa.string()),
-                pa.array(self.source, pa.string()),
-                pa.array(self.text, pa.large_string()),
-                pa.array(self.content_hash, pa.string()),
-                pa.array(self.size_bytes, pa.int64()),
-                pa.array(self.flags, pa.string()),
+                pa.array([d.doc_id for d in docs], pa.string()),
+                pa.array([d.source for d in docs], pa.string()),
+                pa.array([d.text for d in docs], pa.large_string()),
+                pa.array([d.content_hash for d in docs], pa.string()),
+                pa.array([d.size_bytes for d in docs], pa.int64()),
+                pa.array([d.flags for d in docs], pa.string()),
                 pa.array([self.stamp] * n, tables.RAW_DOCUMENTS.field("ingested_at").type),
             ],
             schema=tables.RAW_DOCUMENTS,
         )
-        self._reset()
+        self.docs, self.text_bytes = [], 0
         return out
 
 
@@ -307,13 +293,13 @@ class _RejectionSpill:
 
 class _DocIdIndex:
     """A 128-bit hash of every doc_id of the partition and the ordinal of its source: fixed-width
-    numpy arrays (20 bytes a document), the only per-document state that spans the partition, plus
-    one path per file that yielded documents (the listing holds every path anyway)."""
+    arrays (20 bytes a document, appended as raw bytes and viewed as numpy arrays for the check),
+    the only per-document state that spans the partition, plus one path per file that yielded
+    documents (the batch walk's listing holds every path anyway)."""
 
     def __init__(self) -> None:
-        self.hashes = np.empty((1024, 2), dtype=np.uint64)
-        self.source_of = np.empty(1024, dtype=np.uint32)
-        self.n = 0
+        self.hashes = bytearray()  # 16 bytes a document
+        self.source_of = array.array("I")
         self.sources: list[str] = []
 
     @staticmethod
@@ -323,18 +309,14 @@ class _DocIdIndex:
     def add(self, digest: bytes, source: str) -> None:
         if not self.sources or self.sources[-1] != source:
             self.sources.append(source)
-        if self.n == len(self.source_of):
-            self.hashes = np.resize(self.hashes, (2 * self.n, 2))
-            self.source_of = np.resize(self.source_of, 2 * self.n)
-        self.hashes[self.n] = np.frombuffer(digest, dtype=np.uint64)
-        self.source_of[self.n] = len(self.sources) - 1
-        self.n += 1
+        self.hashes += digest
+        self.source_of.append(len(self.sources) - 1)
 
     def duplicates(self) -> dict[bytes, list[str]]:
         """{doc_id hash: the sources that produced it} for every hash seen more than once."""
-        if self.n < 2:
+        if len(self.source_of) < 2:
             return {}
-        hashes = self.hashes[: self.n]
+        hashes = np.frombuffer(self.hashes, dtype=np.uint64).reshape(-1, 2)  # a view, no copy
         order = np.lexsort((hashes[:, 1], hashes[:, 0]))
         ordered = hashes[order]
         same = np.all(ordered[1:] == ordered[:-1], axis=1)
@@ -344,7 +326,7 @@ class _DocIdIndex:
         for at in np.flatnonzero(same):
             for row in (order[at], order[at + 1]):
                 sources = found.setdefault(hashes[row].tobytes(), [])
-                source = self.sources[int(self.source_of[row])]
+                source = self.sources[self.source_of[int(row)]]
                 if source not in sources:
                     sources.append(source)
         return found
