@@ -121,6 +121,7 @@ def _ingest(landing: str, lake_root: str, batch: str, cap: int, max_chars: int, 
             try:
                 lake.replace_partition(lake_root, tables.RAW, batch, reader)
             except _Duplicates as duplicates:
+                run.spill.abandon()
                 if attempt:
                     raise DuplicateDocIds(_duplicates_message(batch, duplicates.found)) from None
                 log(f"{_duplicates_message(batch, duplicates.found)}; reading the batch again with them rejected")
@@ -286,6 +287,13 @@ class _RejectionSpill:
         self._flush()
         self.writer.close()
         self.sink.close()
+
+    def abandon(self) -> None:
+        """Closes the spill without writing what is pending (its folder is removed with it)."""
+        self.rows = []
+        if not self.sink.closed:
+            self.writer.close()
+            self.sink.close()
 
     def reader(self) -> pa.RecordBatchReader:
         return pa.ipc.open_stream(pa.memory_map(self.path, "r"))
