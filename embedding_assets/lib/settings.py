@@ -26,6 +26,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "EMBEDDING_CACHE": ("~/.cache/embedding_assets", "Local cache: tuned batch configs and exported ONNX models."),
     "EMBEDDING_MAX_FILE_BYTES": ("268435456", "Largest input file (after decompression) that is read; bigger ones are rejected."),
     "EMBEDDING_MAX_REJECT_FRACTION": ("0.2", "The rejected_documents check warns when a batch rejects more than this fraction of its files and records."),
+    "EMBEDDING_MAX_DOCUMENT_CHARS": ("16000000", "Longest document (in characters, after decoding) that is ingested; longer ones are rejected with their size."),
     "EMBEDDING_DEPLOYMENT": ("local", "local (one process, in-process executor) or k8s (a pod per step)."),
     "DAGSTER_HOME": ("(none)", "The Dagster instance folder: run history, partitions, sensor cursors."),
 }

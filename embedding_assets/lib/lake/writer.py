@@ -30,6 +30,7 @@ from embedding_assets.lib.storage.uri import is_object_store, local_path
 # scan of a large partition decode 100 MB at once.
 ROW_GROUP_ROWS = 8_192
 TARGET_FILE_BYTES = 32 << 20
+ROW_GROUP_BYTES = 64 << 20  # a row group also ends at this many bytes (raw_documents' long texts)
 # delta-rs re-reads the log and retries a commit that raced a non-conflicting one (another partition).
 COMMIT_RETRIES = 10
 # String statistics are prefixes, as Delta writers keep them: a long text column's full min/max in
@@ -112,6 +113,7 @@ class PartitionFiles:
         self.paths: list[str] = []
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
+        self.pending_bytes = 0
         self.file: dict = {}
 
     def open_table(self):
@@ -128,7 +130,8 @@ class PartitionFiles:
                 raise ValueError(f"rows for partition {values} in a write of partition {self.batch!r} of {self.name}")
         self.pending.append(_conform(record_batch, self.file_schema, self.name))
         self.pending_rows += record_batch.num_rows
-        if self.pending_rows >= ROW_GROUP_ROWS:
+        self.pending_bytes += record_batch.nbytes
+        if self.pending_rows >= ROW_GROUP_ROWS or self.pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def close(self) -> None:
@@ -150,7 +153,7 @@ class PartitionFiles:
 
     def _flush(self) -> None:
         rows = pa.Table.from_batches(self.pending)
-        self.pending, self.pending_rows = [], 0
+        self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
         if not self.file:
             self._start_file()
         self.file["writer"].write_table(rows, row_group_size=ROW_GROUP_ROWS)

@@ -23,6 +23,13 @@ _CONTROL_BYTES = bytes(b for b in range(32) if b not in b"\t\n\r\f") + b"\x7f"
 
 EMPTY = "empty document (no text after decoding)"
 
+# 16 million characters: a book is ~1 million; the chunker holds a few times a document's size,
+# so this keeps one document of a step well under a GiB while leaving room for any real document.
+DEFAULT_MAX_DOCUMENT_CHARS = 16_000_000
+# A character is at most 4 bytes of UTF-8 (an invalid byte decodes to one character), so a text of
+# more than 4 * cap bytes is over the cap before it is decoded.
+MAX_UTF8_BYTES_PER_CHAR = 4
+
 
 @dataclass(frozen=True, slots=True)
 class Document:
@@ -52,7 +59,7 @@ class LandedFile:
     relpath: str  # NFC, '/'-separated: the Document.source / Rejection.source of what it yields
     data: bytes | bytearray  # the whole content, decompressed, at most `cap` bytes
     cap: int  # the batch's size cap, for formats that decode further (Parquet pages)
-    file_paths: frozenset[str]  # every file of the batch: a record's doc_id must not be one of them
+    max_chars: int = DEFAULT_MAX_DOCUMENT_CHARS  # the per-document size cap, in characters
 
 
 Reader = Callable[[LandedFile], Iterator[Document | Rejection]]
@@ -79,8 +86,30 @@ class Rejected(Exception):
         self.reason = reason
 
 
-def to_document(doc_id: str, source: str, record: str | None, text: str, flags: list[str]) -> Document | Rejection:
-    """Clean and normalize a text into a Document, or reject it as empty."""
+def path_doc_id(relpath: str) -> str:
+    """The doc_id of a whole file: its path with '%' and '#' percent-encoded, so '#' only ever
+    separates a record file's path from a record id and no two (path, id) pairs share a doc_id."""
+    return relpath.replace("%", "%25").replace("#", "%23")
+
+
+def record_doc_id(relpath: str, record_id: str) -> str:
+    """The doc_id of a record: '<encoded path>#<id>' (split at the first '#' to get both back)."""
+    return f"{path_doc_id(relpath)}#{record_id}"
+
+
+def over_document_cap(size: int, max_chars: int, unit: str = "characters") -> str:
+    return (
+        f"document is {size:,} {unit}, over the {max_chars:,}-character cap per document "
+        "(EMBEDDING_MAX_DOCUMENT_CHARS); split it into smaller documents"
+    )
+
+
+def to_document(
+    doc_id: str, source: str, record: str | None, text: str, flags: list[str], max_chars: int = DEFAULT_MAX_DOCUMENT_CHARS
+) -> Document | Rejection:
+    """Clean and normalize a text into a Document, or reject it as empty or over the size cap."""
+    if len(text) > max_chars:
+        return Rejection(source, record, over_document_cap(len(text), max_chars))
     if _SURROGATES.search(text):
         text = _SURROGATES.sub("\ufffd", text)
         flags.append("surrogates-replaced")
@@ -90,6 +119,8 @@ def to_document(doc_id: str, source: str, record: str | None, text: str, flags: 
     text = nfc(text)
     if not text or text.isspace():
         return Rejection(source, record, EMPTY)
+    if len(text) > max_chars:
+        return Rejection(source, record, over_document_cap(len(text), max_chars))
     encoded = text.encode("utf-8")
     return Document(
         doc_id=doc_id,

@@ -1,6 +1,6 @@
 """CSV record files (.csv): a header row with a 'text' column and, optionally, an 'id' column.
 
-Each data row is one document. Its doc_id is '<path>#<id>', or '<path>#<N>' when the file has no
+Each data row is one document. Its doc_id is '<path>#<id>' (path percent-encoded, see records), or '<path>#<N>' when the file has no
 'id' column, N being the row's number among the data rows (1-based: the header is not counted, nor
 are blank lines). Other columns are ignored; header names are matched without surrounding spaces.
 
@@ -43,7 +43,7 @@ def read(file: LandedFile) -> Iterator[Document | Rejection]:
         return
     text_at = names.index("text")
     id_at = names.index("id") if "id" in names else None
-    records = Records(file.relpath, file.file_paths, "row")
+    records = Records(file.relpath, "row", file.max_chars)
     row = 0
     for fields in rows:
         if not fields:

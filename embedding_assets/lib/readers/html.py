@@ -1,4 +1,4 @@
-"""HTML pages (.html, .htm): the visible text of the page is one document, its path the doc_id.
+"""HTML pages (.html, .htm): the visible text of the page is one document, its (encoded) path the doc_id.
 
 Scripts, styles, templates and the title are left out; block elements become paragraph breaks,
 line-level elements line breaks, and whitespace collapses as a browser shows it (except in <pre>).
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from html.parser import HTMLParser
 
-from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, decode_utf8, text_format, to_document
+from embedding_assets.lib.readers.base import Document, LandedFile, Rejection, decode_utf8, path_doc_id, text_format, to_document
 
 SUFFIXES = (".html", ".htm")
 
@@ -29,7 +29,7 @@ _CELL_TAGS = frozenset({"td", "th"})
 
 @text_format
 def read(file: LandedFile) -> Iterator[Document | Rejection]:
-    relpath = file.relpath
+    relpath, max_chars = file.relpath, file.max_chars
     markup, flags = decode_utf8(file.data)
     del file  # the bytes are decoded: let them go before the page is parsed
     try:
@@ -37,7 +37,7 @@ def read(file: LandedFile) -> Iterator[Document | Rejection]:
     except Exception as exc:  # noqa: BLE001
         yield Rejection(relpath, None, f"could not extract text from HTML: {exc}")
         return
-    yield to_document(relpath, relpath, None, text, flags)
+    yield to_document(path_doc_id(relpath), relpath, None, text, flags, max_chars)
 
 
 def html_to_text(markup: str) -> str:

@@ -1,7 +1,8 @@
 """What record files (.jsonl, .parquet, .csv) share: ids, duplicates, doc_ids, and where a record is.
 
 A record file holds many documents; each has an id, unique in its file, and its doc_id is
-'<path>#<id>'. A record identifier in `Rejection.record` is the record's id when it has a valid one,
+'<path>#<id>' with '%' and '#' of the path percent-encoded (`base.record_doc_id`), so it can never
+equal a whole file's doc_id or another file's record's. A record identifier in `Rejection.record` is the record's id when it has a valid one,
 else '<unit> N' (e.g. 'line 3' in a .jsonl file, 'row 3' in a .parquet or .csv file).
 """
 
@@ -9,16 +10,25 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from embedding_assets.lib.readers.base import Document, Rejection, decode_utf8, has_surrogates, nfc, to_document
+from embedding_assets.lib.readers.base import (
+    DEFAULT_MAX_DOCUMENT_CHARS,
+    Document,
+    Rejection,
+    decode_utf8,
+    has_surrogates,
+    nfc,
+    record_doc_id,
+    to_document,
+)
 
 
 class Records:
     """Per-file record bookkeeping: ids, duplicates, doc_ids."""
 
-    def __init__(self, relpath: str, file_paths: frozenset[str], unit: str) -> None:
+    def __init__(self, relpath: str, unit: str, max_chars: int = DEFAULT_MAX_DOCUMENT_CHARS) -> None:
         self.relpath = relpath
-        self.file_paths = file_paths
         self.unit = unit  # 'line' or 'row'
+        self.max_chars = max_chars
         self.first_seen: dict[str, int] = {}
 
     def reject(self, where: int, record_id: str | None, reason: str) -> Rejection:
@@ -50,11 +60,8 @@ class Records:
             return Rejection(
                 self.relpath, record_id, f"duplicate id '{record_id}' {place} {where} (first seen {place} {first})"
             )
-        doc_id = f"{self.relpath}#{record_id}"
-        if doc_id in self.file_paths:
-            reason = f"doc_id '{doc_id}' is also the path of a file in the batch; rename the file or the id"
-            return self.reject(where, record_id, reason)
-        result = to_document(doc_id, self.relpath, record_id, text, flags)
+        doc_id = record_doc_id(self.relpath, record_id)
+        result = to_document(doc_id, self.relpath, record_id, text, flags, self.max_chars)
         if isinstance(result, Document):
             self.first_seen[record_id] = where
         else:

@@ -5,7 +5,7 @@ environment to credentials once (delta-rs options, pyarrow filesystems, redactio
 lists the batches of a landing area and downloads an object-storage batch for the readers.
 """
 
-from embedding_assets.lib.storage.credentials import delta_storage_options, filesystem, redact
+from embedding_assets.lib.storage.credentials import delta_storage_options, filesystem, redact, redacted_error, redactor
 from embedding_assets.lib.storage.landing import (
     READY_MARKER,
     BatchInfo,
@@ -32,6 +32,8 @@ __all__ = [
     "local_path",
     "new_batches",
     "redact",
+    "redacted_error",
+    "redactor",
     "scheme_of",
     "validate_batch",
 ]

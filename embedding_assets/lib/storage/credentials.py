@@ -6,7 +6,14 @@ storage option names in one table per cloud (`_S3_OPTIONS`, ...). From that one 
 - `delta_storage_options(root)`: the delta-rs `storage_options` for a lake root.
 - `filesystem(uri)`: a pyarrow FileSystem and the path in it, for listing and downloading a
   landing area (a local path or file:// gives the local file system).
-- `redact(text)`: removes every credential value of the environment from a message.
+- `redact(text)`: removes every credential value of the environment from a message; `redactor()`
+  the same with the values collected once (for many messages); `redacted_error(exc)` an exception
+  safe to log in place of one whose message (or chained cause) held a credential.
+
+What is redacted: every variable of CREDENTIAL_VARS (key ids, account names and client ids
+included: they identify an account), any variable whose name looks like a secret's, the fields of
+a service-account JSON key given inline or by file (private key and its id, client email and id),
+each also as it appears URL-encoded.
 
 Concurrent writers on S3: delta-rs (1.x) commits with a conditional put (`If-None-Match: *`), which
 AWS S3, MinIO, Cloudflare R2 and other current S3-compatible stores honour, so runs writing
@@ -64,6 +71,11 @@ _AZURE_OPTIONS: tuple[tuple[tuple[str, ...], str], ...] = (
 # looks like a secret's (_SECRET_NAME) and is not a path/URL (_NOT_SECRET_NAME).
 CREDENTIAL_VARS = frozenset({
     "AWS_ACCESS_KEY_ID",
+    "AZURE_STORAGE_ACCOUNT_NAME",
+    "AZURE_STORAGE_CLIENT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_STORAGE_TENANT_ID",
+    "AZURE_TENANT_ID",
     "AWS_SECRET_ACCESS_KEY",
     "AWS_SESSION_TOKEN",
     "GOOGLE_SERVICE_ACCOUNT_KEY",
@@ -78,6 +90,10 @@ CREDENTIAL_VARS = frozenset({
 })
 _SECRET_NAME = re.compile(r"SECRET|(PASSWORD|PASSWD|TOKEN|_KEY|_KEY_ID|CONNECTION_STRING|_SAS)$")
 _NOT_SECRET_NAME = re.compile(r"(_FILE|_PATH|_URL|_URI|_ENDPOINT|_REGION|_DIR)$|^GOOGLE_APPLICATION_CREDENTIALS$")
+# Variables that name a file holding a service-account JSON key: its identifying fields are redacted.
+_KEY_FILE_VARS = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_SERVICE_ACCOUNT", "GOOGLE_SERVICE_ACCOUNT_PATH")
+_KEY_FILE_MAX_BYTES = 1 << 20
+_KEY_FIELDS = ("private_key", "private_key_id", "client_secret", "refresh_token", "client_email", "client_id")
 _MIN_REDACTED_LENGTH = 4
 _WHOLE_WORD_BELOW = 12  # shorter secrets are only redacted where they stand alone, not inside words
 
@@ -155,37 +171,60 @@ def _is_secret_name(name: str) -> bool:
     return not _NOT_SECRET_NAME.search(upper) and bool(_SECRET_NAME.search(upper))
 
 
+def _key_fields(text: str) -> set[str]:
+    """The identifying values of a service-account JSON key (empty if `text` is not one)."""
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return set()
+    found: set[str] = set()
+    if isinstance(parsed, dict):
+        for name in _KEY_FIELDS:
+            if isinstance(parsed.get(name), str):
+                found.add(parsed[name])
+                found.add(parsed[name].replace("\n", "\\n"))
+    return found
+
+
+def _key_file_values() -> set[str]:
+    values: set[str] = set()
+    for name in _KEY_FILE_VARS:
+        path = os.environ.get(name, "").strip()
+        if not path or path.lstrip().startswith("{"):
+            continue
+        try:
+            with open(os.path.expanduser(path), "rb") as handle:
+                text = handle.read(_KEY_FILE_MAX_BYTES).decode("utf-8", "replace")
+        except OSError:
+            continue
+        values |= _key_fields(text)
+    return values
+
+
 def _secret_values() -> list[str]:
     values: set[str] = set()
+    candidates: set[str] = set()
     for name, value in os.environ.items():
         if not value or not _is_secret_name(name):
             continue
-        candidates = {value, value.strip(), value.strip().lstrip("?")}
+        candidates |= {value, value.strip(), value.strip().lstrip("?")}
         if value.lstrip().startswith("{"):
             # a service-account key: its private key and key id can surface on their own
-            try:
-                parsed = json.loads(value)
-            except ValueError:
-                parsed = None
-            if isinstance(parsed, dict):
-                for field in ("private_key", "private_key_id", "client_secret", "refresh_token"):
-                    if isinstance(parsed.get(field), str):
-                        candidates.add(parsed[field])
-                        candidates.add(parsed[field].replace("\n", "\\n"))
-        for candidate in candidates:
-            if len(candidate) >= _MIN_REDACTED_LENGTH:
-                values.add(candidate)
-                # as it would appear in a URL (SAS tokens, keys with + / =)
-                values.add(urllib.parse.quote(candidate, safe=""))
-                values.add(urllib.parse.quote_plus(candidate, safe=""))
+            candidates |= _key_fields(value)
+    candidates |= _key_file_values()
+    for candidate in candidates:
+        if len(candidate) >= _MIN_REDACTED_LENGTH:
+            values.add(candidate)
+            # as it would appear in a URL (SAS tokens, keys with + / =)
+            values.add(urllib.parse.quote(candidate, safe=""))
+            values.add(urllib.parse.quote_plus(candidate, safe=""))
     return sorted(values, key=len, reverse=True)
 
 
-def redact(text: str) -> str:
-    """`text` with every credential value of the current environment replaced by '***'."""
+def _redact_with(values: list[str], text: str) -> str:
     if not text:
         return text
-    for value in _secret_values():
+    for value in values:
         if value not in text:
             continue
         if len(value) >= _WHOLE_WORD_BELOW:
@@ -193,6 +232,49 @@ def redact(text: str) -> str:
         else:
             text = re.sub(rf"(?<![A-Za-z0-9]){re.escape(value)}(?![A-Za-z0-9])", "***", text)
     return text
+
+
+def redact(text: str) -> str:
+    """`text` with every credential value of the current environment replaced by '***'."""
+    return _redact_with(_secret_values(), text)
+
+
+def redactor():
+    """`redact` with the environment's credential values collected once: for many messages."""
+    values = _secret_values()
+    if not values:
+        return lambda text: text
+    return lambda text: _redact_with(values, text)
+
+
+class RedactedError(RuntimeError):
+    """An error whose original message held a credential; this one holds the redacted message."""
+
+
+def redacted_error(exc: BaseException, redact_text=None) -> BaseException | None:
+    """None when neither `exc` nor any exception chained to it mentions a credential value; else a
+    new exception with the redacted message (of the same type when it can be built from one
+    message, else RedactedError) and nothing chained, to raise in its place."""
+    redact_text = redact_text or redactor()
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    if all(redact_text(str(e)) == str(e) and redact_text(repr(e)) == repr(e) for e in chain):
+        return None
+    message = redact_text(str(exc))
+    for cause in chain[1:]:
+        message += f" (caused by {type(cause).__name__}: {redact_text(str(cause))})"
+    try:
+        safe = type(exc)(message)
+        if str(safe) != message:
+            raise TypeError
+    except Exception:  # noqa: BLE001 - a type that cannot be built from one message
+        safe = RedactedError(f"{type(exc).__name__}: {message}")
+    return safe
 
 
 # --- pyarrow filesystems, from the same mapping ------------------------------------------------

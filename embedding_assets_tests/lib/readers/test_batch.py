@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from embedding_assets.lib.readers import Document, read_batch
 from embedding_assets.lib.readers import batch as batch_walk
-from embedding_assets.lib.readers.base import format_cap
+from embedding_assets.lib.readers.base import format_cap, path_doc_id, record_doc_id
 from embedding_assets_tests.lib.readers.helpers import documents, jsonl, listed, read, rejection, rejections, sha, write
 
 
@@ -206,5 +206,131 @@ def test_nfc_and_nfd_spellings_give_the_same_ids_and_hashes(name: str, text: str
     assert nfc_items == nfd_items
     assert all(isinstance(item, Document) for item in nfc_items)
     nfc_name = unicodedata.normalize("NFC", name)
-    assert {item.doc_id for item in nfc_items} == {f"{nfc_name}.jsonl#{nfc_name}", f"{nfc_name}.txt"}
+    assert {item.doc_id for item in nfc_items} == {
+        record_doc_id(f"{nfc_name}.jsonl", nfc_name), path_doc_id(f"{nfc_name}.txt")
+    }
     assert {item.content_hash for item in nfc_items} == {sha(unicodedata.normalize("NFC", text))}
+
+
+# --- links at every level, the parent-folder swap race, files that change while read --------------
+
+
+def test_batch_folder_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    """A batch folder that is itself a symbolic link (here: out of the landing area) is never read."""
+    outside = tmp_path / "outside"
+    write(outside / "secret.txt", "outside the landing area")
+    landing = tmp_path / "landing"
+    landing.mkdir()
+    (landing / "b").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(batch_walk.BatchFolderIsLink, match="batch folder is a symbolic link") as info:
+        read_batch(landing / "b")
+    assert isinstance(info.value, NotADirectoryError)  # what the raw_documents asset reports as a failure
+    with pytest.raises(batch_walk.BatchFolderIsLink):
+        listed(landing / "b")
+
+
+def test_parent_folder_swapped_for_a_link_between_listing_and_reading(tmp_path: Path, monkeypatch) -> None:
+    """The race of issue 13 #5: after the walk lists sub/deep/x.txt, 'sub' is replaced by a link to a
+    folder outside holding the same names. The file is opened through the folders' descriptors with
+    O_NOFOLLOW per component, so the outside file is never read and the rejection says why."""
+    batch = tmp_path / "b"
+    write(batch / "a.txt", "inside a")
+    write(batch / "sub" / "deep" / "x.txt", "inside x")
+    write(batch / "sub" / "y.txt", "inside y")
+    outside = tmp_path / "outside"
+    write(outside / "deep" / "x.txt", "OUTSIDE x")
+    write(outside / "y.txt", "OUTSIDE y")
+    real_list = batch_walk._list
+
+    def list_then_swap(root_fd, root):
+        entries = real_list(root_fd, root)
+        os.rename(batch / "sub", tmp_path / "moved-away")
+        (batch / "sub").symlink_to(outside, target_is_directory=True)
+        return entries
+
+    monkeypatch.setattr(batch_walk, "_list", list_then_swap)
+    items = read(batch)
+    docs = documents(items)
+    assert set(docs) == {"a.txt"}
+    assert all("OUTSIDE" not in d.text for d in docs.values())
+    for name in ("sub/deep/x.txt", "sub/y.txt"):
+        reason = rejection(items, name).reason
+        assert "the folder 'sub' on the file's path is a symbolic link" in reason and "not followed" in reason
+
+
+def test_file_swapped_for_a_link_between_listing_and_reading(tmp_path: Path, monkeypatch) -> None:
+    batch = tmp_path / "b"
+    write(batch / "x.txt", "inside")
+    outside = write(tmp_path / "outside.txt", "OUTSIDE")
+    real_list = batch_walk._list
+
+    def list_then_swap(root_fd, root):
+        entries = real_list(root_fd, root)
+        (batch / "x.txt").unlink()
+        (batch / "x.txt").symlink_to(outside)
+        return entries
+
+    monkeypatch.setattr(batch_walk, "_list", list_then_swap)
+    items = read(batch)
+    assert documents(items) == {}
+    assert "the file is a symbolic link" in rejection(items, "x.txt").reason
+
+
+def test_batch_folder_swapped_after_the_check_is_still_read_from_the_checked_folder(tmp_path: Path, monkeypatch) -> None:
+    """The batch folder's descriptor is held from the start: swapping the folder for a link later
+    changes nothing that is read."""
+    landing = tmp_path / "landing"
+    write(landing / "b" / "x.txt", "inside")
+    write(tmp_path / "outside" / "x.txt", "OUTSIDE")
+    real_list = batch_walk._list
+
+    def list_then_swap(root_fd, root):
+        entries = real_list(root_fd, root)
+        os.rename(landing / "b", tmp_path / "moved")
+        (landing / "b").symlink_to(tmp_path / "outside", target_is_directory=True)
+        return entries
+
+    monkeypatch.setattr(batch_walk, "_list", list_then_swap)
+    docs = documents(read(landing / "b"))
+    assert {d: v.text for d, v in docs.items()} == {"x.txt": "inside"}
+
+
+def _rewrite_during_reads(monkeypatch, path: Path, times: int) -> list[int]:
+    """Make the next `times` reads of `path` see it rewritten in place (shorter) right after the
+    bytes were read: the torn copy of a file being written while read."""
+    real_read = batch_walk._read_content
+    count = [0]
+
+    def read_then_rewrite(raw, cap, compressed):
+        data = real_read(raw, cap, compressed)
+        if os.path.samestat(os.fstat(raw.fileno()), os.stat(path)) and count[0] < times:
+            count[0] += 1
+            with open(path, "r+b") as handle:  # same inode, new size and mtime
+                handle.truncate(0)
+                handle.write(b"rewritten %d" % count[0])
+        return data
+
+    monkeypatch.setattr(batch_walk, "_read_content", read_then_rewrite)
+    return count
+
+
+def test_file_that_changes_while_read_is_read_again(tmp_path: Path, monkeypatch) -> None:
+    batch = tmp_path / "b"
+    path = write(batch / "x.txt", "original content " * 1000)
+    write(batch / "y.txt", "steady")
+    count = _rewrite_during_reads(monkeypatch, path, times=1)
+    docs = documents(read(batch))
+    assert count[0] == 1
+    assert docs["x.txt"].text == "rewritten 1"  # the second read, which nothing disturbed
+    assert docs["y.txt"].text == "steady"
+
+
+def test_file_that_keeps_changing_while_read_is_rejected(tmp_path: Path, monkeypatch) -> None:
+    batch = tmp_path / "b"
+    path = write(batch / "x.txt", "original content " * 1000)
+    write(batch / "y.txt", "steady")
+    count = _rewrite_during_reads(monkeypatch, path, times=5)
+    items = read(batch)
+    assert count[0] == 2  # read twice, then given up
+    assert set(documents(items)) == {"y.txt"}
+    assert rejection(items, "x.txt").reason.startswith("file changed while it was read")

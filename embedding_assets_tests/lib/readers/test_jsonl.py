@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from embedding_assets_tests.lib.readers.helpers import documents, jsonl, read, rejection, rejections, write
@@ -62,11 +63,56 @@ def test_jsonl_records(tmp_path: Path) -> None:
     assert len(rejections(items)) == 13
 
 
-def test_record_doc_id_that_collides_with_a_file_path_is_rejected(tmp_path: Path) -> None:
+def test_doc_ids_of_files_and_records_cannot_collide(tmp_path: Path) -> None:
+    """Issue 13 #7: '<path>#<id>' of a record used to equal the path of a file named with '#'. Paths
+    are percent-encoded ('%' -> %25, '#' -> %23), so '#' only ever separates path and id."""
     batch = tmp_path / "b"
-    write(batch / "r.jsonl", jsonl({"id": "x.txt", "text": "record"}, {"id": "y", "text": "fine"}))
+    write(batch / "r.jsonl", jsonl({"id": "x.txt", "text": "record"}, {"id": "y", "text": "fine"}, {"id": "a#b.txt", "text": "hash id"}))
     write(batch / "r.jsonl#x.txt", "a file whose name looks like a record")
+    write(batch / "r.jsonl#a#b.txt", "another look-alike")
+    write(batch / "r.jsonl%23x.txt", "a file whose name looks like an encoded one")
+    write(batch / "p#q.jsonl", jsonl({"id": "z", "text": "record of a file with '#' in its name"}))
     items = read(batch)
-    assert set(documents(items)) == {"r.jsonl#y", "r.jsonl#x.txt"}
-    assert documents(items)["r.jsonl#x.txt"].source == "r.jsonl#x.txt"
-    assert "also the path of a file" in rejection(items, "r.jsonl", "x.txt").reason
+    docs = documents(items)  # asserts no doc_id is yielded twice
+    assert rejections(items) == []
+    assert set(docs) == {
+        "r.jsonl#x.txt", "r.jsonl#y", "r.jsonl#a#b.txt",  # records: the path, '#', the id as it is
+        "r.jsonl%23x.txt", "r.jsonl%23a%23b.txt", "r.jsonl%2523x.txt",  # whole files: the encoded path
+        "p%23q.jsonl#z",
+    }
+    assert docs["r.jsonl#x.txt"].text == "record" and docs["r.jsonl#x.txt"].source == "r.jsonl"
+    assert docs["r.jsonl%23x.txt"].source == "r.jsonl#x.txt"
+    assert docs["r.jsonl%2523x.txt"].source == "r.jsonl%23x.txt"
+    assert docs["p%23q.jsonl#z"].source == "p#q.jsonl"
+
+
+def test_a_huge_line_is_rejected_by_its_length_before_it_is_parsed(tmp_path: Path, monkeypatch) -> None:
+    """Issue 13 #3: a line longer than any record within the per-document cap can be is rejected by
+    size while the file is scanned (json.loads never sees it); a parsed text over the cap is
+    rejected with its size; the records around both are read."""
+    from embedding_assets.lib.readers import jsonl as jsonl_reader
+
+    cap = 1_000
+    limit = jsonl_reader.max_line_bytes(cap)
+    batch = tmp_path / "b"
+    huge = {"id": "huge", "text": "a" * (limit + 10)}
+    over = {"id": "over", "text": "b" * (cap + 1)}
+    write(batch / "r.jsonl", jsonl({"id": "first", "text": "ok"}, huge, over, {"id": "last", "text": "ok too"}))
+    parsed: list[int] = []
+    real_loads = jsonl_reader.json.loads
+
+    def recording_loads(text, *args, **kwargs):
+        parsed.append(len(text))
+        return real_loads(text, *args, **kwargs)
+
+    monkeypatch.setattr(jsonl_reader.json, "loads", recording_loads)
+    items = read(batch, max_document_chars=cap)
+    assert set(documents(items)) == {"r.jsonl#first", "r.jsonl#last"}
+    assert max(parsed) < limit  # the huge line was never decoded into an object
+    reason = rejection(items, "r.jsonl", "line 2").reason
+    assert reason.startswith(f"record is {len(json.dumps(huge)):,} bytes on one line, over the {limit:,}-byte limit")
+    assert "EMBEDDING_MAX_DOCUMENT_CHARS" in reason
+    assert rejection(items, "r.jsonl", "over").reason == (
+        f"document is {cap + 1:,} characters, over the {cap:,}-character cap per document "
+        "(EMBEDDING_MAX_DOCUMENT_CHARS); split it into smaller documents (line 3)"
+    )

@@ -53,3 +53,68 @@ def test_parquet_over_the_cap(tmp_path: Path) -> None:
     assert documents(items) == {}
     assert "exceeds the 1000000-byte cap" in rejection(items, "big.parquet").reason
     assert "exceeds the 1000000-byte cap" in rejection(items, "big.parquet.gz").reason
+
+
+_BOMB_CHILD = """
+import json, resource, sys
+from embedding_assets.lib.readers import Document, read_batch
+import pyarrow.parquet  # imported before the baseline: only the read itself is measured
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+items = list(read_batch(sys.argv[1], max_file_bytes=int(sys.argv[2])))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({
+    "growth_kib": after - before,
+    "documents": sum(isinstance(i, Document) for i in items),
+    "reasons": [i.reason for i in items if not isinstance(i, Document)],
+}))
+"""
+
+
+def test_parquet_dictionary_bomb_is_rejected_before_it_expands(tmp_path: Path) -> None:
+    """Issue 13 #6: a ~1.2 MB parquet file whose dictionary-encoded 'text' column repeats four
+    300 KB values over 1,200 rows (360 MB decoded). It is rejected with the decoded-size reason,
+    and reading it never expands it: the peak RSS of the reading process (a subprocess, so the
+    figure is its own) grows by far less than one 1,024-row batch of it would take (300 MB)."""
+    import json
+    import os
+    import random
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+
+    rng = random.Random(13)
+    values = ["".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=300_000)) for _ in range(4)]
+    rows = 1_200
+    table = pa.table({"id": pa.array(range(rows), pa.int64()), "text": pa.array([values[i % 4] for i in range(rows)]).dictionary_encode()})
+    batch = tmp_path / "b"
+    batch.mkdir()
+    pq.write_table(table, batch / "bomb.parquet", use_dictionary=True, dictionary_pagesize_limit=8 << 20)
+    del table, values
+    size = (batch / "bomb.parquet").stat().st_size
+    assert size < 2_000_000
+    metadata = pq.ParquetFile(batch / "bomb.parquet").metadata
+    assert metadata.row_group(0).column(1).has_dictionary_page  # the text really is dictionary-encoded
+    cap = 16 << 20  # the file is far under it; what it decodes to is 20 times over it
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _BOMB_CHILD, str(batch), str(cap)], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["documents"] == 0
+    [reason] = result["reasons"]
+    assert reason.startswith("decoded size of columns 'id' and 'text' exceeds the 16 MiB cap"), reason
+    assert "corrupt" not in reason
+    assert result["growth_kib"] < 64 * 1024, f"peak RSS grew by {result['growth_kib'] / 1024:.0f} MiB while reading a {size / 1e6:.1f} MB file"
+
+
+def test_parquet_dictionary_rows_are_read_in_slices(tmp_path: Path) -> None:
+    """Many rows repeating dictionary values under the cap are all read, ids and texts intact."""
+    values = ["alpha " * 1000, "beta " * 2000]
+    table = pa.table({"id": [f"r{i}" for i in range(3000)], "text": pa.array([values[i % 2] for i in range(3000)]).dictionary_encode()})
+    batch = tmp_path / "b"
+    write(batch / "d.parquet", parquet_bytes(table))
+    docs = documents(read(batch, max_file_bytes=64 << 20))
+    assert len(docs) == 3000
+    assert docs["d.parquet#r0"].text == values[0].strip() or docs["d.parquet#r0"].text == values[0]
+    assert docs["d.parquet#r2999"].text.startswith("beta")

@@ -58,3 +58,27 @@ def test_big_single_line_cjk_rtl_emoji_and_duplicates(tmp_path: Path) -> None:
     assert docs["copy1.txt"].content_hash == docs["sub/copy2.txt"].content_hash
     assert docs["sub/copy2.txt"].source == "sub/copy2.txt"
     assert docs["nfd.txt"].text == "café Å" == unicodedata.normalize("NFC", "café Å")
+
+
+def test_documents_over_the_character_cap_are_rejected_with_their_size(tmp_path: Path) -> None:
+    """Issue 13 #3: every format enforces EMBEDDING_MAX_DOCUMENT_CHARS; the reason names the size."""
+    import pyarrow as pa
+
+    from embedding_assets_tests.lib.readers.helpers import jsonl, parquet_bytes
+
+    cap = 100
+    batch = tmp_path / "b"
+    write(batch / "at_cap.txt", "é" * cap)  # 100 characters, 200 bytes: within the cap
+    write(batch / "over.txt", "x" * (cap + 1))
+    write(batch / "way_over.txt", "x" * (4 * cap + 1))  # rejected before decoding: more bytes than 4 per character
+    write(batch / "over.html", "<p>" + "y" * (cap + 1) + "</p>")
+    write(batch / "r.csv", "id,text\nok,fine\nbig," + "z" * (cap + 1) + "\n")
+    write(batch / "r.parquet", parquet_bytes(pa.table({"id": ["ok", "big"], "text": ["fine", "w" * (4 * cap + 1)]})))
+    items = read(batch, max_document_chars=cap)
+    assert set(documents(items)) == {"at_cap.txt", "r.csv#ok", "r.parquet#ok"}
+    suffix = f"over the {cap}-character cap per document (EMBEDDING_MAX_DOCUMENT_CHARS); split it into smaller documents"
+    assert rejection(items, "over.txt").reason == f"document is {cap + 1} characters, {suffix}"
+    assert rejection(items, "way_over.txt").reason == f"document is {4 * cap + 1} bytes, {suffix}"
+    assert rejection(items, "over.html").reason == f"document is {cap + 1} characters, {suffix}"
+    assert rejection(items, "r.csv", "big").reason == f"document is {cap + 1} characters, {suffix} (row 2)"
+    assert rejection(items, "r.parquet", "big").reason == f"document is {4 * cap + 1} bytes, {suffix} (row 2)"
