@@ -4,7 +4,8 @@ Writes to one partition never touch another: a partition is replaced with an ove
 predicate is `batch = '<batch>'`, so concurrent runs on different batches commit side by side
 (delta-rs retries a commit that raced another writer on a different partition). Reads prune to
 one partition and to the columns asked for, and can stream record batches. Streamed writes go
-through `writer` (bounded memory).
+through `writer` (bounded memory). Every write stores each column in the type the Delta schema
+names (a vector as a list), so any Delta reader (polars, DuckDB, Spark) reads the files.
 """
 
 from __future__ import annotations
@@ -109,16 +110,31 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     props = writer.commit_properties(app_transaction)
     if not exists(root, name):
         # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
+        data = _conform(data, writer.delta_schema(data.schema))
         try:
             write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
             return
         except Exception:
             if not exists(root, name):
                 raise
+    data = _conform(data, pa.schema(open_table(root, name).schema().to_arrow()))
     write_deltalake(
         uri, data, mode="overwrite", predicate=f"batch = '{batch}'", partition_by=["batch"],
         storage_options=options, commit_properties=props, **_sizes(),
     )
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Each column of `data` cast to the type the Delta schema names for it. delta-rs writes Arrow
+    types as they come: a fixed-size vector would land in the files as a fixed-size list while the
+    log says list, which strict readers (polars) refuse."""
+    columns, fields = [], []
+    for field, column in zip(data.schema, data.columns):
+        index = schema.get_field_index(field.name)
+        target = schema.field(index).type if index >= 0 else field.type
+        columns.append(column if column.type == target else column.cast(target))
+        fields.append(field.with_type(target))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=data.schema.metadata))
 
 
 def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
