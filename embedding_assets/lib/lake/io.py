@@ -5,12 +5,18 @@ predicate is `batch = '<batch>'`, so concurrent runs on different batches commit
 (delta-rs retries a commit that raced another writer on a different partition). Reads prune to
 one partition and to the columns asked for, and can stream record batches. Streamed writes go
 through `writer` (bounded memory). Every write stores each column in the type the Delta schema
-names (a vector as a list), so any Delta reader (polars, DuckDB, Spark) reads the files.
+names (a fixed-size vector as a list), so any Delta reader (polars, DuckDB, Spark) reads the files.
+
+Every open checks the table's log first (`DamagedTable`): a table folder holding data but no
+`_delta_log` is never taken for a missing table (creating it anew would drop every batch in it),
+and a commit file that is empty or not JSON stops the read or write, naming the table and version.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from typing import Iterator
 
 import pyarrow as pa
@@ -19,6 +25,15 @@ import pyarrow.compute as pc
 from embedding_assets.lib.lake import writer
 from embedding_assets.lib.storage.names import validate_batch
 from embedding_assets.lib.storage.uri import is_object_store, local_path
+
+LOG = "_delta_log"
+COMMIT_FILE = re.compile(r"(\d{20})\.json")
+
+
+class DamagedTable(RuntimeError):
+    """A table whose Delta log is missing, truncated or unreadable. Nothing reads or writes it until
+    the log is repaired: a guess would lose or hide rows of other batches."""
+
 
 def table_uri(root: str, name: str) -> str:
     if is_object_store(root):
@@ -36,6 +51,8 @@ def storage_options(root: str) -> dict[str, str] | None:
 
 
 def exists(root: str, name: str) -> bool:
+    """Whether the table exists. A folder with data files but no log is not "no table": it raises
+    DamagedTable, as does a damaged log (see `open_table`)."""
     # Not DeltaTable.is_deltatable: it holds the GIL through its storage round trips, which
     # freezes every other thread (the prefetching reader, the sensor daemon) on object storage.
     from deltalake.exceptions import TableNotFoundError
@@ -48,9 +65,129 @@ def exists(root: str, name: str) -> bool:
 
 
 def open_table(root: str, name: str):
+    """The table at its latest version, after checking its log: DamagedTable when the log is missing
+    beside data files, or a commit is empty or not JSON; TableNotFoundError when there is no table."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    return DeltaTable(table_uri(root, name), storage_options=storage_options(root))
+    uri = table_uri(root, name)
+    try:
+        table = DeltaTable(uri, storage_options=storage_options(root))
+    except TableNotFoundError:
+        _refuse_data_without_log(root, name)
+        raise
+    except DeltaError as exc:
+        _find_damaged_commit(root, name, exc)
+        raise
+    check_log(root, name, table.version())
+    return table
+
+
+def check_log(root: str, name: str, version: int) -> None:
+    """Raises DamagedTable if the commit of `version` (the latest) is empty or not JSON, or, on a
+    local lake, if any commit file is empty. delta-rs takes an empty commit for one with no
+    actions: the rows that commit added would silently vanish from the table."""
+    filesystem = _log_filesystem(root, name)
+    if not is_object_store(root):
+        for entry in _commit_files(filesystem):
+            if entry.size == 0:
+                raise DamagedTable(_damaged(root, name, _version_of(entry), "is empty (0 bytes)"))
+    try:
+        data = _read(filesystem, f"{LOG}/{version:020d}.json")
+    except FileNotFoundError:
+        return  # only a checkpoint holds this version (older commits were cleaned up)
+    problem = _commit_problem(data)
+    if problem:
+        raise DamagedTable(_damaged(root, name, version, problem))
+
+
+def _commit_problem(data: bytes) -> str | None:
+    if not data.strip():
+        return f"is empty ({len(data)} bytes)"
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError as exc:
+            return f"is not valid JSON at line {number} ({exc})"
+        if not isinstance(action, dict) or len(action) != 1:
+            return f"holds no Delta action at line {number}"
+    return None
+
+
+def _damaged(root: str, name: str, version: int, problem: str) -> str:
+    path = f"{table_uri(root, name)}/{LOG}/{version:020d}.json"
+    return (
+        f"table {name} is damaged: its commit of version {version} ({path}) {problem}. Nothing was read "
+        f"or written. Restore that file from a backup; without one, move it away (the table goes back "
+        f"to version {version - 1}) and rerun the batches whose last run wrote {name} at version {version}."
+    )
+
+
+def _find_damaged_commit(root: str, name: str, error: Exception) -> None:
+    """After delta-rs failed to read a log: DamagedTable naming the first broken commit, if any."""
+    filesystem = _log_filesystem(root, name)
+    try:
+        entries = sorted(_commit_files(filesystem), key=_version_of, reverse=True)
+    except OSError:
+        return
+    for entry in entries:
+        problem = "is empty (0 bytes)" if entry.size == 0 else _commit_problem(_read(filesystem, entry.path))
+        if problem:
+            raise DamagedTable(_damaged(root, name, _version_of(entry), f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
+
+
+def _refuse_data_without_log(root: str, name: str) -> None:
+    """delta-rs found no table: DamagedTable if the folder still holds data files or partitions."""
+    import pyarrow.fs as pafs
+
+    filesystem = _log_filesystem(root, name)
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector("", allow_not_found=True))
+    except (OSError, pa.ArrowException):
+        return
+    found = sorted(
+        os.path.basename(e.path) for e in entries
+        if (e.type == pafs.FileType.Directory and os.path.basename(e.path).startswith("batch="))
+        or (e.type == pafs.FileType.File and e.path.endswith(".parquet"))
+        or (e.type == pafs.FileType.Directory and os.path.basename(e.path) == LOG and _commit_or_checkpoint(filesystem))
+    )
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise DamagedTable(
+            f"table {name} is damaged: {table_uri(root, name)} holds data ({shown}) but no readable Delta "
+            f"log ({LOG} is missing or has no commit). It is not created anew, which would drop every batch "
+            f"in it. Restore {LOG} from a backup, or move the folder away (its rows leave the lake) and rerun "
+            f"every batch."
+        )
+
+
+def _log_filesystem(root: str, name: str):
+    return writer._table_filesystem(table_uri(root, name), storage_options(root))
+
+
+def _commit_files(filesystem) -> list:
+    import pyarrow.fs as pafs
+
+    entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
+    return [e for e in entries if e.type == pafs.FileType.File and COMMIT_FILE.fullmatch(os.path.basename(e.path))]
+
+
+def _commit_or_checkpoint(filesystem) -> bool:
+    import pyarrow.fs as pafs
+
+    entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
+    return any(e.type == pafs.FileType.File and (e.path.endswith(".json") or ".checkpoint" in e.path) for e in entries)
+
+
+def _version_of(entry) -> int:
+    return int(os.path.basename(entry.path)[:20])
+
+
+def _read(filesystem, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _writer_properties():
