@@ -206,6 +206,7 @@ def _partition_filter(batch: str):
 
 def read_partition(root: str, name: str, batch: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
     """One partition of a table as Arrow, or None if the table does not exist yet."""
+    validate_batch(batch)
     if not exists(root, name):
         return None
     dataset = open_table(root, name).to_pyarrow_dataset()
@@ -215,6 +216,7 @@ def read_partition(root: str, name: str, batch: str, columns: list[str] | None =
 
 def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
     """One partition, streamed in record batches (bounded memory)."""
+    validate_batch(batch)
     if not exists(root, name):
         return iter(())
     dataset = open_table(root, name).to_pyarrow_dataset()
