@@ -90,3 +90,30 @@ def test_a_folder_without_data_or_log_is_still_a_table_to_create(tmp_path):
     assert not lake.exists(root, "t")
     lake.replace_partition(root, "t", "A", pa.table({"batch": ["A"], "n": [1]}))
     assert lake.read_partition(root, "t", "A").num_rows == 1
+
+
+# ---------------------------------------------------------------- on object storage (moto's S3 server)
+
+from embedding_assets_tests.lib.storage.conftest import clean_env, s3, s3_endpoint  # noqa: E402,F401  (fixtures)
+
+
+def test_damaged_and_missing_logs_on_s3_are_refused(s3):
+    client, bucket = s3
+    root = f"s3://{bucket}/lake"
+    for batch in ("a=b", "B"):
+        lake.replace_partition(root, "t", batch, pa.RecordBatchReader.from_batches(
+            pa.schema([("batch", pa.string()), ("n", pa.int64())]), pa.table({"batch": [batch], "n": [1]}).to_batches()))
+    keys = [o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="lake/t/")["Contents"]]
+    assert any(k.startswith("lake/t/batch=a%3Db/") for k in keys)  # the folder delta-rs names
+    latest = f"lake/t/_delta_log/{lake.open_table(root, 't').version():020d}.json"
+    good = client.get_object(Bucket=bucket, Key=latest)["Body"].read()
+    client.put_object(Bucket=bucket, Key=latest, Body=b"")
+    with pytest.raises(lake.DamagedTable, match=r"table t is damaged: its commit of version 2 .* is empty"):
+        lake.replace_partition(root, "t", "B", pa.table({"batch": ["B"], "n": [2]}))
+    client.put_object(Bucket=bucket, Key=latest, Body=good)
+    assert lake.read_partition(root, "t", "a=b").num_rows == 1
+    for key in keys:
+        if "/_delta_log/" in key:
+            client.delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(lake.DamagedTable, match=r"holds data \(batch=B, batch=a%3Db\) but no readable Delta log"):
+        lake.replace_partition(root, "t", "B", pa.table({"batch": ["B"], "n": [2]}))
