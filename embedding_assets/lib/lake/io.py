@@ -14,6 +14,7 @@ and a commit file that is empty or not JSON stops the read or write, naming the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from embedding_assets.lib.storage.uri import is_object_store, local_path
 
 LOG = "_delta_log"
 COMMIT_FILE = re.compile(r"(\d{20})\.json")
+# Commits read to name the broken one after delta-rs failed to read a log (newest first).
+MAX_COMMITS_DIAGNOSED = 1000
 
 
 class DamagedTable(RuntimeError):
@@ -85,13 +88,13 @@ def open_table(root: str, name: str):
 
 def check_log(root: str, name: str, version: int) -> None:
     """Raises DamagedTable if the commit of `version` (the latest) is empty or not JSON, or, on a
-    local lake, if any commit file is empty. delta-rs takes an empty commit for one with no
-    actions: the rows that commit added would silently vanish from the table."""
+    local lake, if any commit delta-rs replays (those after the last checkpoint) is empty. delta-rs
+    takes an empty commit for one with no actions: the rows it added would silently vanish."""
     filesystem = _log_filesystem(root, name)
     if not is_object_store(root):
-        for entry in _commit_files(filesystem):
-            if entry.size == 0:
-                raise DamagedTable(_damaged(root, name, _version_of(entry), "is empty (0 bytes)"))
+        for commit_version, _path, size in _commits_to_replay(root, name, filesystem):
+            if size == 0:
+                raise DamagedTable(_damaged(root, name, commit_version, "is empty (0 bytes)"))
     try:
         data = _read(filesystem, f"{LOG}/{version:020d}.json")
     except FileNotFoundError:
@@ -126,16 +129,20 @@ def _damaged(root: str, name: str, version: int, problem: str) -> str:
 
 
 def _find_damaged_commit(root: str, name: str, error: Exception) -> None:
-    """After delta-rs failed to read a log: DamagedTable naming the first broken commit, if any."""
+    """After delta-rs failed to read a log: DamagedTable naming the newest broken commit among those
+    it replays, if any (else the caller re-raises delta-rs' own error: storage may be at fault)."""
     filesystem = _log_filesystem(root, name)
     try:
-        entries = sorted(_commit_files(filesystem), key=_version_of, reverse=True)
+        commits = sorted(_commits_to_replay(root, name, filesystem), reverse=True)[:MAX_COMMITS_DIAGNOSED]
     except OSError:
         return
-    for entry in entries:
-        problem = "is empty (0 bytes)" if entry.size == 0 else _commit_problem(_read(filesystem, entry.path))
+    for version, path, size in commits:
+        try:
+            problem = "is empty (0 bytes)" if size == 0 else _commit_problem(_read(filesystem, path))
+        except OSError:
+            return
         if problem:
-            raise DamagedTable(_damaged(root, name, _version_of(entry), f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
+            raise DamagedTable(_damaged(root, name, version, f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
 
 
 def _refuse_data_without_log(root: str, name: str) -> None:
@@ -167,11 +174,33 @@ def _log_filesystem(root: str, name: str):
     return writer._table_filesystem(table_uri(root, name), storage_options(root))
 
 
-def _commit_files(filesystem) -> list:
+def _commits_to_replay(root: str, name: str, filesystem) -> list[tuple[int, str, int]]:
+    """(version, path, size) of each commit file after the last checkpoint (all without one)."""
     import pyarrow.fs as pafs
 
+    try:
+        last = int(json.loads(_read(filesystem, f"{LOG}/_last_checkpoint"))["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        last = -1
+    if not is_object_store(root):
+        # os.scandir names the files without a stat each: a long log costs one directory read.
+        folder = os.path.join(local_path(table_uri(root, name)), LOG)
+        try:
+            names = [entry.name for entry in os.scandir(folder)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        commits = []
+        for file in names:
+            match = COMMIT_FILE.fullmatch(file)
+            if match and int(match.group(1)) > last:
+                with contextlib.suppress(FileNotFoundError):
+                    commits.append((int(match.group(1)), f"{LOG}/{file}", os.stat(os.path.join(folder, file)).st_size))
+        return commits
     entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
-    return [e for e in entries if e.type == pafs.FileType.File and COMMIT_FILE.fullmatch(os.path.basename(e.path))]
+    return [
+        (int(os.path.basename(e.path)[:20]), e.path, e.size) for e in entries
+        if e.type == pafs.FileType.File and COMMIT_FILE.fullmatch(os.path.basename(e.path)) and int(os.path.basename(e.path)[:20]) > last
+    ]
 
 
 def _commit_or_checkpoint(filesystem) -> bool:
@@ -179,10 +208,6 @@ def _commit_or_checkpoint(filesystem) -> bool:
 
     entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
     return any(e.type == pafs.FileType.File and (e.path.endswith(".json") or ".checkpoint" in e.path) for e in entries)
-
-
-def _version_of(entry) -> int:
-    return int(os.path.basename(entry.path)[:20])
 
 
 def _read(filesystem, path: str) -> bytes:
