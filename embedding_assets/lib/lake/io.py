@@ -296,7 +296,16 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     for field, column in zip(data.schema, data.columns):
         index = schema.get_field_index(field.name)
         target = schema.field(index).type if index >= 0 else field.type
-        columns.append(column if column.type == target else column.cast(target))
+        if column.type != target:
+            try:
+                column = column.cast(target)
+            except pa.ArrowInvalid:
+                # A large_string chunk past 2 GiB has no `string` form; both are one Parquet type,
+                # which every reader takes for the Delta type: keep it.
+                if not writer.same_parquet_kind(column.type, target):
+                    raise
+                target = column.type
+        columns.append(column)
         fields.append(field.with_type(target))
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=data.schema.metadata))
 

@@ -48,21 +48,11 @@ def stale_partitions(root: str, name: str) -> dict[str, list[str]]:
             file_schema = pq.read_schema(handle)
         for field in file_schema:
             index = schema.get_field_index(field.name)
-            if index >= 0 and not _same_kind(field.type, schema.field(index).type):
+            if index >= 0 and not writer.same_parquet_kind(field.type, schema.field(index).type):
                 reasons.append(f"{path} stores {field.name} as {field.type}, the table says {schema.field(index).type}")
         if reasons:
             stale.setdefault(batch, []).extend(reasons)
     return stale
-
-
-def _same_kind(stored: pa.DataType, declared: pa.DataType) -> bool:
-    """Whether a reader taking the declared type reads the stored one as is (string and large_string
-    are one Parquet type; a fixed-size list and a list are not)."""
-    if pa.types.is_fixed_size_list(stored) != pa.types.is_fixed_size_list(declared):
-        return False
-    if pa.types.is_nested(stored) and pa.types.is_nested(declared) and stored.num_fields == declared.num_fields:
-        return all(_same_kind(stored.field(i).type, declared.field(i).type) for i in range(stored.num_fields))
-    return True
 
 
 def migrate_partitions(root: str, names=TABLES, log=print) -> dict[str, list[str]]:

@@ -63,6 +63,16 @@ def delta_schema(schema: pa.Schema) -> pa.Schema:
     return pa.schema(Schema.from_arrow(schema).to_arrow())
 
 
+def same_parquet_kind(stored: pa.DataType, declared: pa.DataType) -> bool:
+    """Whether a Delta reader expecting `declared` reads a file column of type `stored` as it is:
+    string and large_string (list and large_list) are one Parquet type; a fixed-size list is not a list."""
+    if pa.types.is_fixed_size_list(stored) != pa.types.is_fixed_size_list(declared):
+        return False
+    if pa.types.is_nested(stored) and pa.types.is_nested(declared) and stored.num_fields == declared.num_fields:
+        return all(same_parquet_kind(stored.field(i).type, declared.field(i).type) for i in range(stored.num_fields))
+    return True
+
+
 def commit_properties(app_transaction: tuple[str, int] | None = None):
     """Commit properties for every write of the lake: bounded conflict retries, optional app transaction."""
     from deltalake import CommitProperties, Transaction

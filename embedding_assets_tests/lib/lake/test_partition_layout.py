@@ -121,3 +121,10 @@ def test_the_next_replace_of_a_legacy_partition_writes_it_the_right_way(tmp_path
     lake.replace_partition(root, "t", "x.y", pa.RecordBatchReader.from_batches(SCHEMA, rows("x.y", 1).to_batches()))
     assert migrate.stale_partitions(root, "t") == {}
     assert counts(pl.read_delta(uri)) == {"a=b": 4, "x.y": 1}
+
+
+def test_which_stored_types_a_delta_reader_takes_for_the_declared_one():
+    assert writer.same_parquet_kind(pa.large_string(), pa.string())
+    assert writer.same_parquet_kind(pa.large_list(pa.int32()), pa.list_(pa.int32()))
+    assert not writer.same_parquet_kind(pa.list_(pa.float32(), 384), pa.list_(pa.float32()))
+    assert not writer.same_parquet_kind(pa.struct([("v", pa.list_(pa.float32(), 2))]), pa.struct([("v", pa.list_(pa.float32()))]))
