@@ -1,5 +1,7 @@
 """The Delta lake: table names and schemas (`tables`), table I/O (`io`), the bounded-memory
-streaming writer (`writer`) and per-partition locks (`locks`).
+streaming writer (`writer`), per-partition locks (`locks`), and the rewrite of partitions written
+by an earlier version (`migrate`, also `python -m embedding_assets.lib.lake.migrate`; not imported
+here, so that the command runs cleanly).
 
 `from embedding_assets.lib import lake; lake.read_partition(...)` is the usual way in. deltalake is
 imported lazily, on the first table access.
