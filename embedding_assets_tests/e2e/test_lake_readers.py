@@ -86,7 +86,7 @@ def expected_counts(root: str) -> dict[str, Counter]:
     return counts
 
 
-def test_every_table_is_read_whole_by_polars_deltalake_and_duckdb(lake_of_odd_batches):
+def test_every_table_is_read_whole_by_polars_and_deltalake(lake_of_odd_batches):
     root = lake_of_odd_batches
     expected = expected_counts(root)
     # The chain's own numbers: 7 readable documents and 1 rejected record per batch (plus its own file).
