@@ -4,12 +4,20 @@ Writes to one partition never touch another: a partition is replaced with an ove
 predicate is `batch = '<batch>'`, so concurrent runs on different batches commit side by side
 (delta-rs retries a commit that raced another writer on a different partition). Reads prune to
 one partition and to the columns asked for, and can stream record batches. Streamed writes go
-through `writer` (bounded memory).
+through `writer` (bounded memory). Every write stores each column in the type the Delta schema
+names (a fixed-size vector as a list), so any Delta reader (polars, DuckDB, Spark) reads the files.
+
+Every open checks the table's log first (`DamagedTable`): a table folder holding data but no
+`_delta_log` is never taken for a missing table (creating it anew would drop every batch in it),
+and a commit file that is empty or not JSON stops the read or write, naming the table and version.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import re
 from typing import Iterator
 
 import pyarrow as pa
@@ -18,6 +26,17 @@ import pyarrow.compute as pc
 from embedding_assets.lib.lake import writer
 from embedding_assets.lib.storage.names import validate_batch
 from embedding_assets.lib.storage.uri import is_object_store, local_path
+
+LOG = "_delta_log"
+COMMIT_FILE = re.compile(r"(\d{20})\.json")
+# Commits read to name the broken one after delta-rs failed to read a log (newest first).
+MAX_COMMITS_DIAGNOSED = 1000
+
+
+class DamagedTable(RuntimeError):
+    """A table whose Delta log is missing, truncated or unreadable. Nothing reads or writes it until
+    the log is repaired: a guess would lose or hide rows of other batches."""
+
 
 def table_uri(root: str, name: str) -> str:
     if is_object_store(root):
@@ -35,6 +54,8 @@ def storage_options(root: str) -> dict[str, str] | None:
 
 
 def exists(root: str, name: str) -> bool:
+    """Whether the table exists. A folder with data files but no log is not "no table": it raises
+    DamagedTable, as does a damaged log (see `open_table`)."""
     # Not DeltaTable.is_deltatable: it holds the GIL through its storage round trips, which
     # freezes every other thread (the prefetching reader, the sensor daemon) on object storage.
     from deltalake.exceptions import TableNotFoundError
@@ -47,9 +68,151 @@ def exists(root: str, name: str) -> bool:
 
 
 def open_table(root: str, name: str):
+    """The table at its latest version, after checking its log: DamagedTable when the log is missing
+    beside data files, or a commit is empty or not JSON; TableNotFoundError when there is no table."""
     from deltalake import DeltaTable
+    from deltalake.exceptions import DeltaError, TableNotFoundError
 
-    return DeltaTable(table_uri(root, name), storage_options=storage_options(root))
+    uri = table_uri(root, name)
+    try:
+        table = DeltaTable(uri, storage_options=storage_options(root))
+    except TableNotFoundError:
+        _refuse_data_without_log(root, name)
+        raise
+    except DeltaError as exc:
+        _find_damaged_commit(root, name, exc)
+        raise
+    check_log(root, name, table.version())
+    return table
+
+
+def check_log(root: str, name: str, version: int) -> None:
+    """Raises DamagedTable if the commit of `version` (the latest) is empty or not JSON, or, on a
+    local lake, if any commit delta-rs replays (those after the last checkpoint) is empty. delta-rs
+    takes an empty commit for one with no actions: the rows it added would silently vanish."""
+    filesystem = _log_filesystem(root, name)
+    if not is_object_store(root):
+        for commit_version, _path, size in _commits_to_replay(root, name, filesystem):
+            if size == 0:
+                raise DamagedTable(_damaged(root, name, commit_version, "is empty (0 bytes)"))
+    try:
+        data = _read(filesystem, f"{LOG}/{version:020d}.json")
+    except FileNotFoundError:
+        return  # only a checkpoint holds this version (older commits were cleaned up)
+    problem = _commit_problem(data)
+    if problem:
+        raise DamagedTable(_damaged(root, name, version, problem))
+
+
+def _commit_problem(data: bytes) -> str | None:
+    if not data.strip():
+        return f"is empty ({len(data)} bytes)"
+    for number, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            action = json.loads(line)
+        except ValueError as exc:
+            return f"is not valid JSON at line {number} ({exc})"
+        if not isinstance(action, dict) or len(action) != 1:
+            return f"holds no Delta action at line {number}"
+    return None
+
+
+def _damaged(root: str, name: str, version: int, problem: str) -> str:
+    path = f"{table_uri(root, name)}/{LOG}/{version:020d}.json"
+    return (
+        f"table {name} is damaged: its commit of version {version} ({path}) {problem}. Nothing was read "
+        f"or written. Restore that file from a backup; without one, move it away (the table goes back "
+        f"to version {version - 1}) and rerun the batches whose last run wrote {name} at version {version}."
+    )
+
+
+def _find_damaged_commit(root: str, name: str, error: Exception) -> None:
+    """After delta-rs failed to read a log: DamagedTable naming the newest broken commit among those
+    it replays, if any (else the caller re-raises delta-rs' own error: storage may be at fault)."""
+    filesystem = _log_filesystem(root, name)
+    try:
+        commits = sorted(_commits_to_replay(root, name, filesystem), reverse=True)[:MAX_COMMITS_DIAGNOSED]
+    except OSError:
+        return
+    for version, path, size in commits:
+        try:
+            problem = "is empty (0 bytes)" if size == 0 else _commit_problem(_read(filesystem, path))
+        except OSError:
+            return
+        if problem:
+            raise DamagedTable(_damaged(root, name, version, f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
+
+
+def _refuse_data_without_log(root: str, name: str) -> None:
+    """delta-rs found no table: DamagedTable if the folder still holds data files or partitions."""
+    import pyarrow.fs as pafs
+
+    filesystem = _log_filesystem(root, name)
+    try:
+        entries = filesystem.get_file_info(pafs.FileSelector("", allow_not_found=True))
+    except (OSError, pa.ArrowException):
+        return
+    found = sorted(
+        os.path.basename(e.path) for e in entries
+        if (e.type == pafs.FileType.Directory and os.path.basename(e.path).startswith("batch="))
+        or (e.type == pafs.FileType.File and e.path.endswith(".parquet"))
+        or (e.type == pafs.FileType.Directory and os.path.basename(e.path) == LOG and _commit_or_checkpoint(filesystem))
+    )
+    if found:
+        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+        raise DamagedTable(
+            f"table {name} is damaged: {table_uri(root, name)} holds data ({shown}) but no readable Delta "
+            f"log ({LOG} is missing or has no commit). It is not created anew, which would drop every batch "
+            f"in it. Restore {LOG} from a backup, or move the folder away (its rows leave the lake) and rerun "
+            f"every batch."
+        )
+
+
+def _log_filesystem(root: str, name: str):
+    return writer._table_filesystem(table_uri(root, name), storage_options(root))
+
+
+def _commits_to_replay(root: str, name: str, filesystem) -> list[tuple[int, str, int]]:
+    """(version, path, size) of each commit file after the last checkpoint (all without one)."""
+    import pyarrow.fs as pafs
+
+    try:
+        last = int(json.loads(_read(filesystem, f"{LOG}/_last_checkpoint"))["version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        last = -1
+    if not is_object_store(root):
+        # os.scandir names the files without a stat each: a long log costs one directory read.
+        folder = os.path.join(local_path(table_uri(root, name)), LOG)
+        try:
+            names = [entry.name for entry in os.scandir(folder)]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        commits = []
+        for file in names:
+            match = COMMIT_FILE.fullmatch(file)
+            if match and int(match.group(1)) > last:
+                with contextlib.suppress(FileNotFoundError):
+                    commits.append((int(match.group(1)), f"{LOG}/{file}", os.stat(os.path.join(folder, file)).st_size))
+        return commits
+    entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
+    return [
+        (int(os.path.basename(e.path)[:20]), e.path, e.size) for e in entries
+        if e.type == pafs.FileType.File and COMMIT_FILE.fullmatch(os.path.basename(e.path)) and int(os.path.basename(e.path)[:20]) > last
+    ]
+
+
+def _commit_or_checkpoint(filesystem) -> bool:
+    import pyarrow.fs as pafs
+
+    entries = filesystem.get_file_info(pafs.FileSelector(LOG, allow_not_found=True))
+    return any(e.type == pafs.FileType.File and (e.path.endswith(".json") or ".checkpoint" in e.path) for e in entries)
+
+
+def _read(filesystem, path: str) -> bytes:
+    with filesystem.open_input_stream(path) as stream:
+        return stream.read()
 
 
 def _writer_properties():
@@ -68,6 +231,7 @@ def _partition_filter(batch: str):
 
 def read_partition(root: str, name: str, batch: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
     """One partition of a table as Arrow, or None if the table does not exist yet."""
+    validate_batch(batch)
     if not exists(root, name):
         return None
     dataset = open_table(root, name).to_pyarrow_dataset()
@@ -77,6 +241,7 @@ def read_partition(root: str, name: str, batch: str, columns: list[str] | None =
 
 def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
     """One partition, streamed in record batches (bounded memory)."""
+    validate_batch(batch)
     if not exists(root, name):
         return iter(())
     dataset = open_table(root, name).to_pyarrow_dataset()
@@ -109,16 +274,40 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     props = writer.commit_properties(app_transaction)
     if not exists(root, name):
         # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
+        data = _conform(data, writer.delta_schema(data.schema))
         try:
             write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
             return
         except Exception:
             if not exists(root, name):
                 raise
+    data = _conform(data, pa.schema(open_table(root, name).schema().to_arrow()))
     write_deltalake(
         uri, data, mode="overwrite", predicate=f"batch = '{batch}'", partition_by=["batch"],
         storage_options=options, commit_properties=props, **_sizes(),
     )
+
+
+def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Each column of `data` cast to the type the Delta schema names for it. delta-rs writes Arrow
+    types as they come: a fixed-size vector would land in the files as a fixed-size list while the
+    log says list, which strict readers (polars) refuse."""
+    columns, fields = [], []
+    for field, column in zip(data.schema, data.columns):
+        index = schema.get_field_index(field.name)
+        target = schema.field(index).type if index >= 0 else field.type
+        if column.type != target:
+            try:
+                column = column.cast(target)
+            except pa.ArrowInvalid:
+                # A large_string chunk past 2 GiB has no `string` form; both are one Parquet type,
+                # which every reader takes for the Delta type: keep it.
+                if not writer.same_parquet_kind(column.type, target):
+                    raise
+                target = column.type
+        columns.append(column)
+        fields.append(field.with_type(target))
+    return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=data.schema.metadata))
 
 
 def _create_empty(root: str, name: str, schema: pa.Schema) -> None:

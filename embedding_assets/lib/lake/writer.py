@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import urllib.parse
 import uuid
 from typing import Iterable
 
@@ -45,6 +46,32 @@ SUPPORTED_WRITER_FEATURES = frozenset({"appendOnly", "invariants"})
 # generated columns, column mapping, identity columns; reader 2 implies column mapping.
 MAX_LEGACY_WRITER_VERSION = 2
 MAX_LEGACY_READER_VERSION = 1
+
+
+def partition_folder(batch: str) -> str:
+    """The folder of a partition inside its table, exactly as delta-rs (and Hive) writes it: the value
+    percent-encoded as UTF-8, every byte but letters, digits and - . _ ~ escaped (`a=b` ->
+    `batch=a%3Db`). The add action carries this path unescaped and the value itself in
+    `partitionValues`; delta-rs escapes the path once more in the log, as the protocol asks."""
+    return "batch=" + urllib.parse.quote(batch, safe="")
+
+
+def delta_schema(schema: pa.Schema) -> pa.Schema:
+    """The Arrow schema a Delta table stores for `schema`, as delta-rs reads it back: Delta has no
+    fixed-size list (it becomes a list) and no large types (`large_string` becomes `string`)."""
+    from deltalake import Schema
+
+    return pa.schema(Schema.from_arrow(schema).to_arrow())
+
+
+def same_parquet_kind(stored: pa.DataType, declared: pa.DataType) -> bool:
+    """Whether a Delta reader expecting `declared` reads a file column of type `stored` as it is:
+    string and large_string (list and large_list) are one Parquet type; a fixed-size list is not a list."""
+    if pa.types.is_fixed_size_list(stored) != pa.types.is_fixed_size_list(declared):
+        return False
+    if pa.types.is_nested(stored) and pa.types.is_nested(declared) and stored.num_fields == declared.num_fields:
+        return all(same_parquet_kind(stored.field(i).type, declared.field(i).type) for i in range(stored.num_fields))
+    return True
 
 
 def commit_properties(app_transaction: tuple[str, int] | None = None):
@@ -163,9 +190,10 @@ class PartitionFiles:
     def _start_file(self) -> None:
         import pyarrow.parquet as pq
 
-        path = f"batch={self.batch}/part-{len(self.paths):05d}-{self.run}-c000.snappy.parquet"
+        folder = partition_folder(self.batch)
+        path = f"{folder}/part-{len(self.paths):05d}-{self.run}-c000.snappy.parquet"
         self.paths.append(path)
-        self.filesystem.create_dir(f"batch={self.batch}", recursive=True)
+        self.filesystem.create_dir(folder, recursive=True)
         sink = self.filesystem.open_output_stream(path)
         footer: list = []  # pyarrow appends the file's FileMetaData here on close
         writer = pq.ParquetWriter(sink, self.file_schema, compression="snappy", write_statistics=True, metadata_collector=footer)
