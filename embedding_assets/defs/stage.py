@@ -8,6 +8,8 @@ from the schema module with each column's description; `dagster/uri` and `dagste
 table's URI) and then the stage's own numbers.
 """
 
+import contextlib
+
 import numpy as np
 
 import dagster as dg
@@ -22,6 +24,16 @@ GROUP = "embedding"
 # fails with `dg.Failure(allow_retries=False)` instead.
 RETRY = dg.RetryPolicy(max_retries=2, delay=5, backoff=dg.Backoff.EXPONENTIAL, jitter=dg.Jitter.PLUS_MINUS)
 STAGE = {"partitions_def": batches, "group_name": GROUP, "retry_policy": RETRY}
+
+
+@contextlib.contextmanager
+def damage_is_final():
+    """A damaged Delta table (`lake.DamagedTable`: an empty or garbled commit, a missing log) is not
+    transient: the step fails at once with the table, version and fix, instead of being retried."""
+    try:
+        yield
+    except delta.DamagedTable as exc:
+        raise dg.Failure(description=str(exc), allow_retries=False) from None
 
 _FIXED_SCHEMAS = {
     tables.RAW: tables.RAW_DOCUMENTS,

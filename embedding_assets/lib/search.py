@@ -28,7 +28,7 @@ def search(lake_root: str, engine, query: str, k: int = 5, batch: str | None = N
     query_vector = engine.encode_texts([query])[0]
     same_model = pc.field("model") == engine.fingerprint
     where = same_model if batch is None else (same_model & (pc.field("batch") == batch))
-    dataset = lake.open_table(lake_root, tables.EMBEDDINGS).to_pyarrow_dataset()
+    dataset = lake.dataset(lake_root, tables.EMBEDDINGS)
     best: list[tuple[float, str, str, str]] = []
     for record_batch in dataset.to_batches(columns=["batch", "doc_id", "chunk_id", "embedding"], filter=where, batch_size=65536):
         if record_batch.num_rows == 0:

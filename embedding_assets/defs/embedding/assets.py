@@ -11,7 +11,7 @@ from embedding_assets.defs.deployment import GPU_POOL, cpu_step_tags, gpu_step_t
 from embedding_assets.defs.embedding.checks import EMBEDDING_CHECKS, check_embeddings
 from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
-from embedding_assets.defs.stage import STAGE, definition_metadata, progress, table_metadata
+from embedding_assets.defs.stage import STAGE, damage_is_final, definition_metadata, progress, table_metadata
 from embedding_assets.lib import lake as delta
 from embedding_assets.lib import stages
 from embedding_assets.lib.lake import tables
@@ -35,7 +35,8 @@ def chunks(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelRe
     boundaries, with overlap. chunk_id is stable: a hash of (doc_id, chunk_index, text hash)."""
     batch, lake_root = context.partition_key, lake.lake_root
     tokenizer = model.tokenizer()
-    result = stages.chunk_batch(lake_root, batch, tokenizer, lake.chunk_limit, lake.overlap, log=context.log.info)
+    with damage_is_final():
+        result = stages.chunk_batch(lake_root, batch, tokenizer, lake.chunk_limit, lake.overlap, log=context.log.info)
     result["model"] = model.model_name
     progress(context, "chunks", result, "documents", "chunks", "tokens")
     return dg.MaterializeResult(metadata=table_metadata(result, tables.CHUNKS, lake_root, batch))
@@ -53,7 +54,8 @@ def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model:
     ordered by length (identical texts adjacent), so the embedder batches with almost no padding
     and never tokenizes."""
     batch, lake_root = context.partition_key, lake.lake_root
-    result = stages.bucket_batch(lake_root, batch, model.tokenizer(), log=context.log.info)
+    with damage_is_final():
+        result = stages.bucket_batch(lake_root, batch, model.tokenizer(), log=context.log.info)
     progress(context, "length_buckets", result, "chunks", "tokens", "buckets")
     return dg.MaterializeResult(metadata=table_metadata(result, tables.BUCKETS, lake_root, batch))
 
@@ -90,7 +92,7 @@ def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: Mod
         yield from check_embeddings(lake_root, batch, engine, selected_checks)
         return
     try:
-        with delta.partition_lock(lake_root, tables.EMBEDDINGS, batch), Telemetry(engine.device.split(",")) as telemetry:
+        with damage_is_final(), delta.partition_lock(lake_root, tables.EMBEDDINGS, batch), Telemetry(engine.device.split(",")) as telemetry:
             with telemetry.count_tokens(engine):
                 result = stages.embed_batch(lake_root, batch, engine, commit_seconds=lake.commit_interval, log=context.log.info)
     except delta.PartitionBusy as exc:
@@ -140,7 +142,8 @@ def document_embeddings(context: dg.AssetExecutionContext, lake: LakeResource) -
     """One vector per document: the token-weighted mean of its chunk vectors, re-normalized;
     read from the embeddings and length_buckets tables."""
     batch, lake_root = context.partition_key, lake.lake_root
-    result = stages.document_vectors(lake_root, batch, log=context.log.info)
+    with damage_is_final():
+        result = stages.document_vectors(lake_root, batch, log=context.log.info)
     progress(context, "document_embeddings", result, "documents", "chunks")
     return dg.MaterializeResult(metadata=table_metadata(result, tables.DOCUMENTS, lake_root, batch, _dimension(lake_root, batch)))
 

@@ -15,7 +15,7 @@ import dagster as dg
 from embedding_assets.defs.deployment import cpu_step_tags
 from embedding_assets.defs.partitions import batches
 from embedding_assets.defs.resources import LakeResource
-from embedding_assets.defs.stage import GROUP, RETRY, definition_metadata, progress, table_metadata
+from embedding_assets.defs.stage import GROUP, RETRY, damage_is_final, definition_metadata, progress, table_metadata
 from embedding_assets.lib import lake as delta
 from embedding_assets.lib import catalog, stages
 from embedding_assets.lib.lake import tables
@@ -71,7 +71,8 @@ def ingest(context: dg.AssetExecutionContext, lake: LakeResource):
     context.log.info(f"ingesting batch {batch} from {landing} (landing fingerprint {fingerprint})")
     failure = None
     try:
-        result = stages.ingest_batch(landing, lake_root, batch, lake.file_cap, log=context.log.warning)
+        with damage_is_final():
+            result = stages.ingest_batch(landing, lake_root, batch, lake.file_cap, log=context.log.warning)
     except stages.AllDocumentsRejected as exc:
         result, failure = None, str(exc)
     except (FileNotFoundError, NotADirectoryError) as exc:

@@ -56,15 +56,34 @@ def storage_options(root: str) -> dict[str, str] | None:
 def exists(root: str, name: str) -> bool:
     """Whether the table exists. A folder with data files but no log is not "no table": it raises
     DamagedTable, as does a damaged log (see `open_table`)."""
+    return _open_if_exists(root, name) is not None
+
+
+def _open_if_exists(root: str, name: str):
+    """`open_table`, or None where there is no table yet."""
     # Not DeltaTable.is_deltatable: it holds the GIL through its storage round trips, which
     # freezes every other thread (the prefetching reader, the sensor daemon) on object storage.
     from deltalake.exceptions import TableNotFoundError
 
     try:
-        open_table(root, name)
+        return open_table(root, name)
     except TableNotFoundError:
-        return False
-    return True
+        return None
+
+
+def dataset(root: str, name: str, table=None):
+    """The table's latest version as a pyarrow dataset (open it with `open_table` first, or pass it).
+
+    A local table is read through Arrow's own file system: delta-rs' default hands Arrow a file
+    system written in Python, whose last reference Arrow's I/O threads may drop while the
+    interpreter shuts down, aborting the process after its work is done.
+    """
+    import pyarrow.fs as pafs
+
+    table = open_table(root, name) if table is None else table
+    if is_object_store(root):
+        return table.to_pyarrow_dataset()
+    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(table_uri(root, name), pafs.LocalFileSystem()))
 
 
 def open_table(root: str, name: str):
@@ -232,29 +251,30 @@ def _partition_filter(batch: str):
 def read_partition(root: str, name: str, batch: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
     """One partition of a table as Arrow, or None if the table does not exist yet."""
     validate_batch(batch)
-    if not exists(root, name):
+    table = _open_if_exists(root, name)
+    if table is None:
         return None
-    dataset = open_table(root, name).to_pyarrow_dataset()
     expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
-    return dataset.to_table(columns=columns, filter=expression)
+    return dataset(root, name, table).to_table(columns=columns, filter=expression)
 
 
 def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
     """One partition, streamed in record batches (bounded memory)."""
     validate_batch(batch)
-    if not exists(root, name):
+    table = _open_if_exists(root, name)
+    if table is None:
         return iter(())
-    dataset = open_table(root, name).to_pyarrow_dataset()
     expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
     # One file and a couple of batches ahead at most: the default read-ahead (4 files, 16 batches)
     # would hold hundreds of MB of vectors in flight.
-    return dataset.to_batches(columns=columns, filter=expression, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
 
 
 def read_table(root: str, name: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
-    if not exists(root, name):
+    table = _open_if_exists(root, name)
+    if table is None:
         return None
-    return open_table(root, name).to_pyarrow_dataset().to_table(columns=columns, filter=filter)
+    return dataset(root, name, table).to_table(columns=columns, filter=filter)
 
 
 def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.RecordBatchReader, *, app_transaction: tuple[str, int] | None = None) -> None:
