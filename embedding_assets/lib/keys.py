@@ -97,6 +97,36 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, bool]:
     return keys, False
 
 
+class CompactKeys:
+    """Collects key columns part by part, packing hex digests as they come (the hex form of the
+    whole column is never held at once); `result()` gives (keys, packed) like `compact`."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+        self.packed = True
+
+    def add(self, keys: pa.Array | pa.ChunkedArray | np.ndarray) -> None:
+        column = fixed_width(keys)
+        if self.packed:
+            if column.dtype.itemsize % 2 == 0 and len(column):
+                raw, ok = pack_hex(column)
+                if ok.all() and (not self.parts or self.parts[0].dtype.itemsize == raw.dtype.itemsize):
+                    self.parts.append(raw)
+                    return
+            elif not len(column):
+                return
+            self.parts = [unpack_hex(part) for part in self.parts]
+            self.packed = False
+        self.parts.append(column.copy())  # a copy: the record batch behind a zero-copy view is let go
+
+    def result(self) -> tuple[np.ndarray, bool]:
+        if not self.parts:
+            return np.empty(0, dtype="S1"), False
+        keys = np.concatenate(self.parts)
+        self.parts = []
+        return keys, self.packed
+
+
 class KeyIndex:
     """The keys of one table column, sorted, to find the rows that hold a given key.
 
@@ -104,9 +134,13 @@ class KeyIndex:
     so callers can keep one flag per distinct key in a numpy array.
     """
 
-    def __init__(self, keys: pa.Array | pa.ChunkedArray | np.ndarray):
+    def __init__(self, keys: pa.Array | pa.ChunkedArray | np.ndarray, *, packed: bool | None = None):
         # Hex digests (sha256 text hashes, chunk ids) are held as raw bytes: half the memory.
-        column, self.packed = compact(fixed_width(keys))
+        # `packed=True`: `keys` are already raw bytes (from `CompactKeys`).
+        if packed is None:
+            column, self.packed = compact(fixed_width(keys))
+        else:
+            column, self.packed = keys, packed
         self.width = column.dtype.itemsize
         self.order = np.argsort(column, kind="stable")  # row numbers in key order
         ordered = column[self.order]

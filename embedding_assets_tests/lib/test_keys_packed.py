@@ -25,3 +25,21 @@ def test_packed_index_finds_what_the_text_index_finds():
     found = [q for q, g in zip(queries, groups) if g >= 0]
     assert found == digests[::3] + ["0" * 64]  # the all-zero digest is indexed too
     assert to_arrow(index.keys(groups[groups >= 0])).to_pylist() == found
+
+
+def test_compact_keys_packs_part_by_part_and_falls_back_on_a_non_hex_part():
+    from embedding_assets.lib.keys import CompactKeys
+
+    hexes = [f"{i:032x}" for i in range(10)]
+    all_hex = CompactKeys()
+    all_hex.add(pa.array(hexes[:4]))
+    all_hex.add(pa.array([], pa.string()))
+    all_hex.add(pa.array(hexes[4:]))
+    keys, packed = all_hex.result()
+    assert packed and keys.dtype.itemsize == 16 and unpack_hex(keys).tolist() == [h.encode() for h in hexes]
+    mixed = CompactKeys()
+    mixed.add(pa.array(hexes[:4]))
+    mixed.add(pa.array(["c1", "c22"]))
+    keys, packed = mixed.result()
+    assert not packed and [k.decode() for k in keys.tolist()] == hexes[:4] + ["c1", "c22"]
+    assert KeyIndex(keys, packed=False).group(pa.array(["c22", hexes[2], "zz"])).tolist()[2] == -1
