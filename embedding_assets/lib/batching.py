@@ -87,11 +87,16 @@ def _plan_sorted(lengths: np.ndarray, token_budget: int, max_rows: int, max_padd
     worth_a_batch = token_budget // 8
     start = 0
     while start < n:
-        stop = min(n, start + max_rows + 1)  # row start + max_rows breaks the row cap in any case
+        # Rows past `stop` never join this batch: row start + max_rows breaks the row cap, and with
+        # ascending lengths row start + budget // L[start] already pads past the budget.
+        stop = min(n, start + max_rows + 1)
+        if lengths[start] > 0:
+            stop = min(stop, start + token_budget // int(lengths[start]) + 1)
         i = np.arange(start + 1, stop)
-        if not len(i):
-            slices.append((start, n))
-            break
+        if not len(i):  # a row at least as long as the budget: a batch of its own
+            slices.append((start, stop))
+            start = stop
+            continue
         rows = i - start + 1
         padded = lengths[i] * rows
         real = cumulative[i + 1] - cumulative[start]
