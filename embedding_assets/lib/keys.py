@@ -60,9 +60,6 @@ def to_arrow(keys: np.ndarray) -> pa.Array:
     return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(payload.tobytes()))
 
 
-_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
-_HEX_VALUE[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
-_HEX_VALUE[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
@@ -71,9 +68,12 @@ def pack_hex(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     that were such hex (the others are packed as garbage and must be ignored)."""
     n, width = len(keys), keys.dtype.itemsize
     data = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
-    values = _HEX_VALUE[data]
-    ok = (values != 255).all(axis=1) if width else np.zeros(n, dtype=bool)
-    packed = ((values[:, 0::2] << 4) | (values[:, 1::2] & 15)).astype(np.uint8)
+    digit = data - np.uint8(48)  # '0'..'9' -> 0..9 (uint8 arithmetic wraps the rest out of range)
+    letter = data - np.uint8(87)  # 'a'..'f' -> 10..15
+    is_digit = digit < 10
+    values = np.where(is_digit, digit, letter)
+    ok = (is_digit | ((letter >= 10) & (letter < 16))).all(axis=1) if width else np.zeros(n, dtype=bool)
+    packed = (values[:, 0::2] << 4) | (values[:, 1::2] & np.uint8(15))
     return np.ascontiguousarray(packed).view(f"S{width // 2}").reshape(n), ok
 
 
@@ -95,6 +95,15 @@ def compact(keys: np.ndarray) -> tuple[np.ndarray, bool]:
         if ok.all():
             return packed, True
     return keys, False
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each key as a big-endian integer: ordered like the keys themselves."""
+    n, width = len(keys), keys.dtype.itemsize
+    head = np.zeros((n, 8), dtype=np.uint8)
+    if n and width:
+        head[:, : min(8, width)] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)[:, :8]
+    return head.view(">u8").reshape(n).astype(np.uint64)
 
 
 class CompactKeys:
@@ -150,6 +159,7 @@ class KeyIndex:
         # sorted distinct keys (the sorted keys themselves when no key repeats: no second copy)
         self.distinct = ordered if len(self.starts) == len(ordered) else ordered[self.starts]
         self.counts = np.diff(np.append(self.starts, len(ordered)))
+        self._prefixes: np.ndarray | None = None  # first 8 bytes of each distinct key, as integers (lazily)
         self.rows = len(ordered)
 
     def __len__(self) -> int:
@@ -181,10 +191,23 @@ class KeyIndex:
         else:
             too_long = np.zeros(len(query), dtype=bool)
             query = query.astype(f"S{self.width}", copy=False)
-        position = np.searchsorted(self.distinct, query)
-        inside = position < len(self.distinct)
+        # Search by the keys' first 8 bytes as integers (a string searchsorted is ~10x slower), then
+        # confirm the whole key; keys that share their first 8 bytes take the string search.
+        if self._prefixes is None:
+            self._prefixes = _prefix(self.distinct)
+        n = len(self.distinct)
+        wanted = _prefix(query)
+        position = np.searchsorted(self._prefixes, wanted)
+        inside = position < n
         found = np.zeros(len(query), dtype=bool)
         found[inside] = self.distinct[position[inside]] == query[inside]
+        shared = ~found & inside
+        shared[shared] = self._prefixes[position[shared]] == wanted[shared]
+        if shared.any():
+            again = np.searchsorted(self.distinct, query[shared])
+            position[shared] = again
+            hit = again < n
+            found[np.flatnonzero(shared)[hit]] = self.distinct[again[hit]] == query[shared][hit]
         found &= ~too_long
         return np.where(found, position, -1)
 

@@ -43,3 +43,11 @@ def test_compact_keys_packs_part_by_part_and_falls_back_on_a_non_hex_part():
     keys, packed = mixed.result()
     assert not packed and [k.decode() for k in keys.tolist()] == hexes[:4] + ["c1", "c22"]
     assert KeyIndex(keys, packed=False).group(pa.array(["c22", hexes[2], "zz"])).tolist()[2] == -1
+
+
+def test_keys_sharing_their_first_eight_bytes_are_told_apart():
+    keys = [f"prefix--{i}" for i in range(50)] + ["prefix--", "prefix-", "other"]
+    index = KeyIndex(pa.array(keys))
+    queries = keys[::-1] + ["prefix--x", "prefix--100", "prefix"]
+    groups = index.group(pa.array(queries))
+    assert [index.keys(np.array([g]))[0].decode() if g >= 0 else None for g in groups] == keys[::-1] + [None, None, None]
