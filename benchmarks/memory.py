@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/memory.py                     # 10k and 100k chunks, tiny model
     .venv/bin/python benchmarks/memory.py --sizes 10000,100000 --model bundled
+    .venv/bin/python benchmarks/memory.py --model zero --direct --sizes 50000,500000   # issue 12's target
 
 Corpus: synthetic documents of 8 to 64 random English words (one chunk each, all distinct),
 landed as one .jsonl and taken through the real stage functions (ingest_batch, chunk_batch,
@@ -15,7 +16,14 @@ FFN 384, mean pooling + normalize, saved as a local sentence-transformers folder
 embed in about a minute on 2 cores. Memory of the step does not depend on the weights, only on
 shapes. `--model bundled` uses the real model (slow on CPU).
 
-Target (issue 3): peak at 100k chunks within 300 MB of the peak at 10k.
+`--model zero` embeds with the benchmark-only zero-cost encoder (`feedkit.ZeroCostBackend`: rows of a
+preallocated random 384-d matrix), and `--direct` writes length_buckets straight with the lake's
+writer (random token ids, 8-64 tokens, one chunk per document) instead of running ingest, chunks and
+length_buckets: the embeddings step's own memory, at 500k chunks in seconds of setup.
+The measured process gets `_RJEM_MALLOC_CONF` from the environment, as the Makefile sets it.
+
+Targets: issue 3, peak at 100k chunks within 300 MB of the peak at 10k; issue 12, peak at 500k
+within 300 MB of the peak at 50k.
 """
 
 from __future__ import annotations
