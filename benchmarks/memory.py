@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/memory.py                     # 10k and 100k chunks, tiny model
     .venv/bin/python benchmarks/memory.py --sizes 10000,100000 --model bundled
+    .venv/bin/python benchmarks/memory.py --model zero --direct --sizes 50000,500000   # issue 12's target
 
 Corpus: synthetic documents of 8 to 64 random English words (one chunk each, all distinct),
 landed as one .jsonl and taken through the real stage functions (ingest_batch, chunk_batch,
@@ -15,7 +16,14 @@ FFN 384, mean pooling + normalize, saved as a local sentence-transformers folder
 embed in about a minute on 2 cores. Memory of the step does not depend on the weights, only on
 shapes. `--model bundled` uses the real model (slow on CPU).
 
-Target (issue 3): peak at 100k chunks within 300 MB of the peak at 10k.
+`--model zero` embeds with the benchmark-only zero-cost encoder (`feedkit.ZeroCostBackend`: rows of a
+preallocated random 384-d matrix), and `--direct` writes length_buckets straight with the lake's
+writer (random token ids, 8-64 tokens, one chunk per document) instead of running ingest, chunks and
+length_buckets: the embeddings step's own memory, at 500k chunks in seconds of setup.
+The measured process gets `_RJEM_MALLOC_CONF` from the environment, as the Makefile sets it.
+
+Targets: issue 3, peak at 100k chunks within 300 MB of the peak at 10k; issue 12, peak at 500k
+within 300 MB of the peak at 50k.
 """
 
 from __future__ import annotations
@@ -141,7 +149,12 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
     from embedding_assets.lib.encoders import build_engine
 
     phase["name"] = "load model"
-    engine = build_engine(model, device="cpu", precision="fp32", backend=backend)
+    if model == "zero":
+        from benchmarks.feedkit import ZeroCostBackend, benchmark_engine
+
+        engine = benchmark_engine(ZeroCostBackend())
+    else:
+        engine = build_engine(model, device="cpu", precision="fp32", backend=backend)
     engine.encode_ids([[101, 2023, 102]])
     rss_loaded = process.memory_info().rss
 
@@ -156,9 +169,11 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
         return wrapper
 
     # Attribute memory to the step's phases without changing them.
-    stages.plan_embeddings = phased("plan_embeddings", stages.plan_embeddings)
-    stages._embed_into_staging = phased("_embed_into_staging", stages._embed_into_staging)
-    stages._swap_in = phased("_swap_in", stages._swap_in)
+    from embedding_assets.lib.stages import embed as embed_stage
+
+    embed_stage.plan_embeddings = phased("plan_embeddings", embed_stage.plan_embeddings)
+    embed_stage._embed_into_staging = phased("_embed_into_staging", embed_stage._embed_into_staging)
+    embed_stage._swap_in = phased("_swap_in", embed_stage._swap_in)
     phase["name"] = "embed_batch (other)"
     started = time.perf_counter()
     result = stages.embed_batch(lake_root, batch, engine, token_budget=budget, commit_seconds=commit_seconds, log=quiet)
@@ -187,7 +202,8 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="10000,100000", help="chunk counts, comma separated")
-    parser.add_argument("--model", default="tiny", help="'tiny' (random 1-layer BERT, 384-d) or any model name, e.g. bundled")
+    parser.add_argument("--model", default="tiny", help="'tiny' (random 1-layer BERT, 384-d), 'zero' (the zero-cost benchmark encoder, 384-d) or any model name, e.g. bundled")
+    parser.add_argument("--direct", action="store_true", help="write length_buckets straight with the lake writer (random token ids, 8-64 tokens) instead of running ingest/chunks/length_buckets")
     parser.add_argument("--token-budget", type=int, default=8192)
     parser.add_argument("--commit-seconds", type=float, default=30.0)
     parser.add_argument("--backend", default="auto", help="auto (the CPU default: onnx), torch, onnx or onnx-int8")
@@ -206,8 +222,11 @@ def main(argv=None) -> int:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="memory-"))
     workdir.mkdir(parents=True, exist_ok=True)
     model = tiny_model(workdir / "tiny-model") if args.model == "tiny" else args.model
+    if args.direct and args.model != "zero":
+        raise SystemExit("--direct writes token ids of the bundled tokenizer: use it with --model zero")
     sizes = [int(s) for s in args.sizes.split(",")]
-    print(f"machine: {cpu_model_name()}; model: {'tiny random-weight BERT (1 layer, hidden 384, bundled tokenizer)' if args.model == 'tiny' else model}")
+    label = {"tiny": "tiny random-weight BERT (1 layer, hidden 384, bundled tokenizer)", "zero": "zero-cost benchmark encoder (rows of a preallocated random 384-d matrix)"}.get(args.model, model)
+    print(f"machine: {cpu_model_name()}; model: {label}")
     report = {
         "date": dt.date.today().isoformat(), "machine": cpu_model_name(), "command": "python benchmarks/memory.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "model": args.model, "backend": args.backend, "child_env": args.child_env, "sizes": {},
@@ -223,6 +242,10 @@ def main(argv=None) -> int:
             setup = {"lake": str(workdir / "lake"), "chunks": info.num_rows, "tokens": int(sum(info.column("n_tokens").to_pylist())), "setup_s": 0.0}
             for table in (tables.EMBEDDINGS, tables.STAGING):  # re-embed from scratch
                 lake.delete_partition(setup["lake"], table, batch)
+        elif args.direct:
+            from benchmarks.feedkit import write_length_buckets
+
+            setup = {"lake": str(workdir / "lake"), **write_length_buckets(str(workdir / "lake"), batch, n, 8, 64)}
         else:
             setup = build_partition(workdir, batch, n, model)
         print(f"{n:>7} chunks: {setup['tokens']:,} tokens, length_buckets built in {setup['setup_s']:.0f} s; embedding in a fresh process ...", flush=True)

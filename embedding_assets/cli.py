@@ -69,8 +69,9 @@ def _summary(args, settings: Settings) -> int:
 def _tune(args, settings: Settings) -> int:
     from embedding_assets.lib.encoders.tuning import tune
 
-    result = tune(_engine(settings), quick=args.quick, cache_dir=settings.cache_dir)
-    print(f"chosen token budget: {result['chosen']} ({result['device']}, {result['precision']})")
+    # Stored in the lake (every pod's model resource reads it from there) and in the local cache.
+    result = tune(_engine(settings), quick=args.quick, cache_dir=settings.cache_dir, lake_root=settings.lake)
+    print(f"chosen token budget: {result['chosen']} ({result['device']}, {result['precision']}); stored in {result['lake_table']} and {result['path']}")
     return 0
 
 

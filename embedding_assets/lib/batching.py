@@ -41,8 +41,17 @@ def plan_batches(
     written back in place. A batch also ends early when the next row would push its padding past
     `max_padding`, once the batch is big enough (an eighth of the budget) to keep the device busy.
     A single row longer than the budget gets a batch of its own.
+
+    Sorted input is planned a batch at a time with numpy (no per-row Python work); unsorted input
+    takes the row-by-row rule, which gives the same slices on sorted input.
     """
-    lengths = np.asarray(lengths)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) > 1 and np.any(lengths[1:] < lengths[:-1]):
+        return _plan_rowwise(lengths, token_budget, max_rows, max_padding)
+    return _plan_sorted(lengths, token_budget, max_rows, max_padding)
+
+
+def _plan_rowwise(lengths: np.ndarray, token_budget: int, max_rows: int, max_padding: float) -> list[tuple[int, int]]:
     slices: list[tuple[int, int]] = []
     start, longest, real = 0, 0, 0
     worth_a_batch = token_budget // 8
@@ -61,18 +70,75 @@ def plan_batches(
     return slices
 
 
+def _plan_sorted(lengths: np.ndarray, token_budget: int, max_rows: int, max_padding: float) -> list[tuple[int, int]]:
+    """`_plan_rowwise` over ascending lengths, one vectorized search per batch.
+
+    With ascending lengths the longest row of a batch [s, i] is row i, so row i (i > s) starts a new
+    batch when L[i] * r > budget, r > max_rows, or the padding 1 - sum(L[s..i]) / (L[i] * r) passes
+    `max_padding` while L[i-1] * (r - 1) >= budget // 8 (r = i - s + 1): the same float expressions as
+    the row-by-row rule, so the slices are identical.
+    """
+    n = len(lengths)
+    slices: list[tuple[int, int]] = []
+    if n == 0:
+        return slices
+    cumulative = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cumulative[1:])
+    worth_a_batch = token_budget // 8
+    start = 0
+    while start < n:
+        # Rows past `stop` never join this batch: row start + max_rows breaks the row cap, and with
+        # ascending lengths row start + budget // L[start] already pads past the budget.
+        stop = min(n, start + max_rows + 1)
+        if lengths[start] > 0:
+            stop = min(stop, start + token_budget // int(lengths[start]) + 1)
+        i = np.arange(start + 1, stop)
+        if not len(i):  # a row at least as long as the budget: a batch of its own
+            slices.append((start, stop))
+            start = stop
+            continue
+        rows = i - start + 1
+        padded = lengths[i] * rows
+        real = cumulative[i + 1] - cumulative[start]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            too_padded = (padded > 0) & (1 - real / np.where(padded > 0, padded, 1) > max_padding) & (lengths[i - 1] * (rows - 1) >= worth_a_batch)
+        cut = (padded > token_budget) | (rows > max_rows) | too_padded
+        hit = int(np.argmax(cut)) if len(cut) else 0
+        if len(cut) and cut[hit]:
+            end = int(i[hit])
+        else:
+            end = stop
+        slices.append((start, end))
+        start = end
+    return slices
+
+
 def collate(token_ids: Sequence[np.ndarray], rows: np.ndarray | None = None, pad_id: int = 0, keys: np.ndarray | None = None) -> Batch:
     """Pads a list of id arrays into one int64 matrix and its attention mask."""
     lengths = np.fromiter((len(t) for t in token_ids), dtype=np.int64, count=len(token_ids))
-    width = int(lengths.max()) if len(lengths) else 0
-    ids = np.full((len(token_ids), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(token_ids), width), dtype=np.int64)
-    for i, t in enumerate(token_ids):
-        ids[i, : len(t)] = t
-        mask[i, : len(t)] = 1
+    values = np.concatenate([np.asarray(t) for t in token_ids]) if len(token_ids) else np.empty(0, dtype=np.int64)
+    return collate_flat(values, lengths, rows=rows, pad_id=pad_id, keys=keys)
+
+
+def collate_flat(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray | None = None, pad_id: int = 0, keys: np.ndarray | None = None, starts: np.ndarray | None = None) -> Batch:
+    """Pads rows held as one flat id buffer into one int64 matrix and its attention mask.
+
+    Row j is `values[starts[j] : starts[j] + lengths[j]]` (`starts` defaults to the rows laid end to
+    end). One vectorized gather fills the padded matrix: no per-row Python work.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    n = len(lengths)
+    width = int(lengths.max()) if n else 0
+    mask = np.arange(width, dtype=np.int64)[None, :] < lengths[:, None]
+    if starts is None:
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])).astype(np.int64) if n else np.zeros(0, dtype=np.int64)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    if n and width:
+        index = starts[:, None] + np.arange(width, dtype=np.int64)[None, :]
+        ids[mask] = values[index[mask]]
     if rows is None:
-        rows = np.arange(len(token_ids))
-    return Batch(rows=rows, input_ids=ids, attention_mask=mask, keys=keys)
+        rows = np.arange(n)
+    return Batch(rows=rows, input_ids=ids, attention_mask=mask.astype(np.int64), keys=keys)
 
 
 def iter_batches(token_ids: Sequence[np.ndarray], token_budget: int) -> Iterator[Batch]:

@@ -12,8 +12,12 @@ import numpy as np
 import pyarrow as pa
 
 
-def fixed_width(keys: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray:
+def fixed_width(keys: pa.Array | pa.ChunkedArray | np.ndarray, width: int | None = None) -> np.ndarray:
     """An Arrow string column as a numpy `S<width>` array (zero-copy when every key has one length)."""
+    if isinstance(keys, np.ndarray):
+        if keys.dtype.kind != "S":
+            raise ValueError(f"keys must be fixed-width bytes, not {keys.dtype}")
+        return keys
     if isinstance(keys, pa.ChunkedArray):
         keys = keys.combine_chunks() if keys.num_chunks != 1 else keys.chunk(0)
     if keys.null_count:
@@ -35,6 +39,103 @@ def fixed_width(keys: pa.Array | pa.ChunkedArray, width: int | None = None) -> n
     return np.array([k.encode("utf-8") for k in keys.to_pylist()], dtype=f"S{width}")
 
 
+def to_arrow(keys: np.ndarray) -> pa.Array:
+    """A numpy `S<width>` key array as an Arrow string array, without Python objects per key.
+
+    numpy pads shorter keys with NUL bytes; keys are ASCII identifiers (hex digests), so the
+    padding is cut off by each key's length.
+    """
+    n, width = len(keys), keys.dtype.itemsize
+    data = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width) if n else np.zeros((0, width), np.uint8)
+    lengths = np.full(n, width, dtype=np.int64) if not n or data[:, -1].all() else (data != 0).sum(axis=1)
+    if n and (lengths == width).all():
+        offsets = np.arange(n + 1, dtype=np.int64) * width
+        payload = data.reshape(-1)
+    else:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        payload = data[np.arange(width)[None, :] < lengths[:, None]]
+    if offsets[-1] >= 2**31:
+        return pa.LargeStringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(payload.tobytes())).cast(pa.string())
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(payload.tobytes()))
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def pack_hex(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Lowercase hex keys of one even width as raw bytes (half the width), and a mask of the keys
+    that were such hex (the others are packed as garbage and must be ignored)."""
+    n, width = len(keys), keys.dtype.itemsize
+    data = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
+    digit = data - np.uint8(48)  # '0'..'9' -> 0..9 (uint8 arithmetic wraps the rest out of range)
+    letter = data - np.uint8(87)  # 'a'..'f' -> 10..15
+    is_digit = digit < 10
+    values = np.where(is_digit, digit, letter)
+    ok = (is_digit | ((letter >= 10) & (letter < 16))).all(axis=1) if width else np.zeros(n, dtype=bool)
+    packed = (values[:, 0::2] << 4) | (values[:, 1::2] & np.uint8(15))
+    return np.ascontiguousarray(packed).view(f"S{width // 2}").reshape(n), ok
+
+
+def unpack_hex(packed: np.ndarray) -> np.ndarray:
+    """The inverse of `pack_hex`: raw bytes back to lowercase hex keys."""
+    n, width = len(packed), packed.dtype.itemsize
+    data = np.ascontiguousarray(packed).view(np.uint8).reshape(n, width)
+    chars = np.empty((n, 2 * width), dtype=np.uint8)
+    chars[:, 0::2] = _HEX_DIGITS[data >> 4]
+    chars[:, 1::2] = _HEX_DIGITS[data & 15]
+    return chars.view(f"S{2 * width}").reshape(n)
+
+
+def compact(keys: np.ndarray) -> tuple[np.ndarray, bool]:
+    """(keys, packed): hex digests of one even width are held as raw bytes, half the memory."""
+    width = keys.dtype.itemsize
+    if len(keys) and width % 2 == 0:
+        packed, ok = pack_hex(keys)
+        if ok.all():
+            return packed, True
+    return keys, False
+
+
+def _prefix(keys: np.ndarray) -> np.ndarray:
+    """The first 8 bytes of each key as a big-endian integer: ordered like the keys themselves."""
+    n, width = len(keys), keys.dtype.itemsize
+    head = np.zeros((n, 8), dtype=np.uint8)
+    if n and width:
+        head[:, : min(8, width)] = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)[:, :8]
+    return head.view(">u8").reshape(n).astype(np.uint64)
+
+
+class CompactKeys:
+    """Collects key columns part by part, packing hex digests as they come (the hex form of the
+    whole column is never held at once); `result()` gives (keys, packed) like `compact`."""
+
+    def __init__(self):
+        self.parts: list[np.ndarray] = []
+        self.packed = True
+
+    def add(self, keys: pa.Array | pa.ChunkedArray | np.ndarray) -> None:
+        column = fixed_width(keys)
+        if self.packed:
+            if column.dtype.itemsize % 2 == 0 and len(column):
+                raw, ok = pack_hex(column)
+                if ok.all() and (not self.parts or self.parts[0].dtype.itemsize == raw.dtype.itemsize):
+                    self.parts.append(raw)
+                    return
+            elif not len(column):
+                return
+            self.parts = [unpack_hex(part) for part in self.parts]
+            self.packed = False
+        self.parts.append(column.copy())  # a copy: the record batch behind a zero-copy view is let go
+
+    def result(self) -> tuple[np.ndarray, bool]:
+        if not self.parts:
+            return np.empty(0, dtype="S1"), False
+        keys = np.concatenate(self.parts)
+        self.parts = []
+        return keys, self.packed
+
+
 class KeyIndex:
     """The keys of one table column, sorted, to find the rows that hold a given key.
 
@@ -42,16 +143,23 @@ class KeyIndex:
     so callers can keep one flag per distinct key in a numpy array.
     """
 
-    def __init__(self, keys: pa.Array | pa.ChunkedArray):
-        column = fixed_width(keys)
+    def __init__(self, keys: pa.Array | pa.ChunkedArray | np.ndarray, *, packed: bool | None = None):
+        # Hex digests (sha256 text hashes, chunk ids) are held as raw bytes: half the memory.
+        # `packed=True`: `keys` are already raw bytes (from `CompactKeys`).
+        if packed is None:
+            column, self.packed = compact(fixed_width(keys))
+        else:
+            column, self.packed = keys, packed
         self.width = column.dtype.itemsize
         self.order = np.argsort(column, kind="stable")  # row numbers in key order
         ordered = column[self.order]
         is_first = np.ones(len(ordered), dtype=bool)
         is_first[1:] = ordered[1:] != ordered[:-1]
         self.starts = np.flatnonzero(is_first)  # position in `order` where each group starts
-        self.distinct = ordered[self.starts]  # sorted distinct keys
+        # sorted distinct keys (the sorted keys themselves when no key repeats: no second copy)
+        self.distinct = ordered if len(self.starts) == len(ordered) else ordered[self.starts]
         self.counts = np.diff(np.append(self.starts, len(ordered)))
+        self._prefixes: np.ndarray | None = None  # first 8 bytes of each distinct key, as integers (lazily)
         self.rows = len(ordered)
 
     def __len__(self) -> int:
@@ -62,6 +170,20 @@ class KeyIndex:
         query = keys if isinstance(keys, np.ndarray) else fixed_width(keys)
         if len(query) == 0 or len(self.distinct) == 0:
             return np.full(len(query), -1, dtype=np.int64)
+        if self.packed:  # every indexed key is a hex digest of 2 * width characters
+            if query.dtype.itemsize < 2 * self.width:
+                return np.full(len(query), -1, dtype=np.int64)
+            too_long = np.char.str_len(query) > 2 * self.width if query.dtype.itemsize > 2 * self.width else False
+            query, is_hex = pack_hex(query.astype(f"S{2 * self.width}", copy=False))
+            return np.where(is_hex & ~too_long, self._find(query), -1)
+        return self._find(query)
+
+    def keys(self, groups: np.ndarray | None = None) -> np.ndarray:
+        """The keys (as given, e.g. hex) of the given groups (of every group when None)."""
+        distinct = self.distinct if groups is None else self.distinct[groups]
+        return unpack_hex(distinct) if self.packed else distinct
+
+    def _find(self, query: np.ndarray) -> np.ndarray:
         if query.dtype.itemsize > self.width:
             # A longer key cannot be in the index; compare at the index's width after ruling that out.
             too_long = np.char.str_len(query) > self.width
@@ -69,10 +191,23 @@ class KeyIndex:
         else:
             too_long = np.zeros(len(query), dtype=bool)
             query = query.astype(f"S{self.width}", copy=False)
-        position = np.searchsorted(self.distinct, query)
-        inside = position < len(self.distinct)
+        # Search by the keys' first 8 bytes as integers (a string searchsorted is ~10x slower), then
+        # confirm the whole key; keys that share their first 8 bytes take the string search.
+        if self._prefixes is None:
+            self._prefixes = _prefix(self.distinct)
+        n = len(self.distinct)
+        wanted = _prefix(query)
+        position = np.searchsorted(self._prefixes, wanted)
+        inside = position < n
         found = np.zeros(len(query), dtype=bool)
         found[inside] = self.distinct[position[inside]] == query[inside]
+        shared = ~found & inside
+        shared[shared] = self._prefixes[position[shared]] == wanted[shared]
+        if shared.any():
+            again = np.searchsorted(self.distinct, query[shared])
+            position[shared] = again
+            hit = again < n
+            found[np.flatnonzero(shared)[hit]] = self.distinct[again[hit]] == query[shared][hit]
         found &= ~too_long
         return np.where(found, position, -1)
 

@@ -111,6 +111,10 @@ class EncoderEngine:
 
         def work(backend):
             try:
+                if getattr(backend, "pipelined", False):
+                    for batch, vectors in self._pipeline(backend, iter(inbox.get, done), stop, stats):
+                        outbox.put((batch, vectors))
+                    return
                 while not stop.is_set():
                     batch = inbox.get()
                     if batch is done:
@@ -150,6 +154,42 @@ class EncoderEngine:
                 except queue.Empty:
                     break
 
+    def _pipeline(self, backend, batches: Iterator[Batch], stop: threading.Event, stats: EngineStats) -> Iterator[tuple[Batch, np.ndarray]]:
+        """Batches through a pipelined backend (CUDA), in order: batch n+1 is staged (its copy to the
+        device queued) after batch n's forward pass is launched and before its result is awaited,
+        so the copy overlaps the compute. A batch that fails with out-of-memory is redone through
+        `_encode_resilient` (halving), after the failure has been waited out."""
+        launched = None  # (staged, device output or None, out-of-memory error or None)
+        for batch in batches:
+            if stop.is_set():
+                return
+            upcoming = backend.stage(batch)
+            if launched is not None:
+                yield launched[0][0], self._finish(backend, launched, stats)
+            launched = self._launch(backend, upcoming)
+        if launched is not None:
+            yield launched[0][0], self._finish(backend, launched, stats)
+
+    def _launch(self, backend, staged):
+        try:
+            return staged, backend.launch(staged), None
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            return staged, None, exc
+
+    def _finish(self, backend, launched, stats: EngineStats) -> np.ndarray:
+        staged, out, failure = launched
+        batch = staged[0]
+        if failure is None:
+            try:
+                return self._checked(batch, backend.finish(out), stats)
+            except Exception as exc:
+                if not _is_out_of_memory(exc):
+                    raise
+        _empty_cuda_cache()
+        return self._encode_resilient(backend, batch, stats)
+
     def _encode_resilient(self, backend, batch: Batch, stats: EngineStats) -> np.ndarray:
         try:
             vectors = backend.encode(batch)
@@ -161,6 +201,10 @@ class EncoderEngine:
             half = len(batch.rows) // 2
             parts = [_slice(batch, 0, half), _slice(batch, half, len(batch.rows))]
             return np.concatenate([self._encode_resilient(backend, part, stats) for part in parts])
+        return self._checked(batch, vectors, stats)
+
+    def _checked(self, batch: Batch, vectors: np.ndarray, stats: EngineStats) -> np.ndarray:
+        """Recomputes in fp32 the rows whose vector came out non-finite."""
         bad = ~np.isfinite(vectors).all(axis=1)
         if bad.any():
             stats.nonfinite_recomputed += int(bad.sum())

@@ -37,6 +37,7 @@ DEFAULT_BUDGETS = (1024, 2048, 4096, 8192, 16384, 32768)
 QUICK_BUDGETS = {"cpu": (1024, 2048, 4096, 8192), "cuda": (4096, 8192, 16384, 32768)}
 TOLERANCE = 0.03
 TUNING_FILE = "tuning.json"
+TUNING_TABLE = "_tuning"  # in the lake, beside the data tables; not partitioned (a few rows per model and device)
 DEFAULT_SOURCE = "default (no tuned config for this model on this device; run embedding-assets tune)"
 
 Log = Callable[[str], None]
@@ -231,13 +232,15 @@ def tune(
     tolerance: float = TOLERANCE,
     measure: Measure | None = None,
     save: bool = True,
+    lake_root: str | None = None,
 ) -> dict:
     """Measures each token budget, picks one, stores it under (fingerprint, device, precision).
 
     Every budget is measured `rounds` times, interleaved (budget 1, 2, ..., then again), and its
     best round counts: a busy machine slows some rounds down, never speeds one up.
     `quick` uses a small sample, four budgets, 2 s each and one round (under a minute on a 2-core CPU).
-    `measure` is injectable (tests); by default `measure_budget`.
+    `measure` is injectable (tests); by default `measure_budget`. With `lake_root` the result is
+    also stored in the lake's `_tuning` table, where every pod's model resource finds it.
     """
     on_cuda = engine.backends[0].device.startswith("cuda")
     budgets = tuple(budgets or (QUICK_BUDGETS["cuda" if on_cuda else "cpu"] if quick else DEFAULT_BUDGETS))
@@ -301,11 +304,14 @@ def tune(
         "measurements": results,
     }
     key = config_key(engine.fingerprint, device, precision)
-    path = None
+    path = table = None
     if save:
         path = store(cache_dir, key, entry)
-    log(f"chosen token budget {chosen} ({chosen_tps:,.0f} tokens/s; best {best:,.0f}){f'; stored in {path}' if path else ''}")
-    return {**entry, "chosen": chosen, "key": key, "path": str(path) if path else None}
+        if lake_root:
+            table = store_in_lake(lake_root, key, entry)
+    where = "; ".join(str(w) for w in (table, path) if w)
+    log(f"chosen token budget {chosen} ({chosen_tps:,.0f} tokens/s; best {best:,.0f}){f'; stored in {where}' if where else ''}")
+    return {**entry, "chosen": chosen, "key": key, "path": str(path) if path else None, "lake_table": table}
 
 
 def _tuning_path(cache_dir: str | None) -> Path:
@@ -345,10 +351,85 @@ def store(cache_dir: str | None, key: str, entry: dict) -> Path:
     return path
 
 
-def load_tuned_budget(engine, cache_dir: str | None = None) -> tuple[int, str]:
-    """(token budget, where it came from) for this engine's model, device and precision."""
+def _tuning_schema():
+    import pyarrow as pa
+
+    return pa.schema([
+        ("key", pa.string()),
+        ("fingerprint", pa.string()),
+        ("device", pa.string()),
+        ("precision", pa.string()),
+        ("budget", pa.int64()),
+        ("tokens_per_s", pa.float64()),
+        ("tuned_at", pa.timestamp("us", tz="UTC")),
+        ("entry", pa.string()),  # the whole measurement (every budget's figures), as JSON
+    ])
+
+
+def store_in_lake(lake_root: str, key: str, entry: dict) -> str:
+    """Appends one config row to the lake's `_tuning` table (created on first use); returns its URI.
+
+    Appends never conflict, so pods tuning at once all land; readers take the latest row per key.
+    """
+    import pyarrow as pa
+    from deltalake import write_deltalake
+
+    from embedding_assets.lib import lake
+
+    tuned_at = dt.datetime.now(dt.timezone.utc)  # the write's time, to the microsecond: the last write per key wins
+    row = pa.table({
+        "key": [key], "fingerprint": [entry.get("fingerprint")], "device": [entry.get("device")], "precision": [entry.get("precision")],
+        "budget": [int(entry["budget"])], "tokens_per_s": [float(entry.get("tokens_per_s") or 0.0)], "tuned_at": [tuned_at],
+        "entry": [json.dumps(entry, sort_keys=True, default=str)],
+    }, schema=_tuning_schema())
+    uri = lake.table_uri(lake_root, TUNING_TABLE)
+    write_deltalake(uri, row, mode="append", storage_options=lake.storage_options(lake_root))
+    return uri
+
+
+def load_from_lake(lake_root: str, key: str) -> dict | None:
+    """The latest config stored under `key` in the lake's `_tuning` table, or None."""
+    import pyarrow.compute as pc
+
+    from embedding_assets.lib import lake
+
+    rows = lake.read_table(lake_root, TUNING_TABLE, columns=["key", "tuned_at", "entry"], filter=pc.field("key") == key)
+    if rows is None or rows.num_rows == 0:
+        return None
+    latest = max(range(rows.num_rows), key=lambda i: (rows.column("tuned_at")[i].value, i))  # a tie: the later row
+    try:
+        entry = json.loads(rows.column("entry")[latest].as_py())
+    except ValueError:
+        return None
+    return entry if isinstance(entry, dict) else None
+
+
+def _usable(entry: dict | None) -> bool:
+    return bool(entry) and isinstance(entry.get("budget"), int) and entry["budget"] > 0
+
+
+def _tuned_label(entry: dict) -> str:
+    return f"tuned {str(entry.get('tuned_at', '?'))[:10]} on {entry.get('device', '?')}"
+
+
+def load_tuned_budget(engine, cache_dir: str | None = None, *, lake_root: str | None = None, log: Log | None = None) -> tuple[int, str]:
+    """(token budget, where it came from) for this engine's model, device and precision.
+
+    Looks in the lake's `_tuning` table when `lake_root` is given (source "lake:_tuning (tuned
+    <date> on <device>)"), then in this machine's `tuning.json` ("tuned <date> on <device>"), and
+    falls back to the default. A lake that cannot be read is reported through `log` and skipped.
+    """
     key = config_key(engine.fingerprint, device_name(engine), engine.precision)
+    if lake_root:
+        try:
+            entry = load_from_lake(lake_root, key)
+        except Exception as exc:  # the lake being unreachable must not stop the model from loading
+            entry = None
+            if log:
+                log(f"could not read the tuned config from {lake_root}/{TUNING_TABLE} ({type(exc).__name__}: {exc}); trying the local cache")
+        if _usable(entry):
+            return entry["budget"], f"lake:{TUNING_TABLE} ({_tuned_label(entry)})"
     entry = _read(_tuning_path(cache_dir))["configs"].get(key)
-    if not entry or not isinstance(entry.get("budget"), int) or entry["budget"] <= 0:
+    if not _usable(entry):
         return DEFAULT_TOKEN_BUDGET, DEFAULT_SOURCE
-    return entry["budget"], f"tuned {str(entry.get('tuned_at', '?'))[:10]} on {entry.get('device', '?')}"
+    return entry["budget"], _tuned_label(entry)

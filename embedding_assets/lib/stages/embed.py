@@ -16,12 +16,32 @@ import pyarrow.compute as pc
 
 from embedding_assets.lib import lake
 from embedding_assets.lib.allocators import configure_for_streaming
-from embedding_assets.lib.batching import Batch, collate, plan_batches
-from embedding_assets.lib.keys import KeyIndex, claim_new
+from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
+from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, fixed_width, pack_hex, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
+from embedding_assets.lib.sinks.delta import scan_bounded
 from embedding_assets.lib.stages.common import Log, utc_now
 from embedding_assets.lib.storage.names import validate_batch
+
+
+def _release_free_memory() -> None:
+    """Returns the C heap's free pages to the OS (glibc `malloc_trim`), between the step's phases.
+
+    Parquet reads of a partition leave hundreds of small freed buffers in glibc's arenas (measured:
+    ~60 MB of RSS after reading 500k chunks' metadata, with nothing live); without this they add up
+    to the next phase's peak. A no-op where glibc is not the C library.
+    """
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    except OSError:
+        trim = None
+    if trim is not None:
+        trim(0)
 
 
 def _sink(lake_root: str, sink: VectorSink | None) -> VectorSink:
@@ -32,101 +52,232 @@ def _sink(lake_root: str, sink: VectorSink | None) -> VectorSink:
 class EmbedPlan:
     chunks: int
     distinct_texts: int
-    to_embed: pa.Array  # text hashes with no vector under this fingerprint yet (sorted)
+    to_embed: np.ndarray  # text hashes (numpy S<width>) with no vector under this fingerprint yet (sorted)
     to_embed_tokens: int
     reusable: int
     stale_rows: int  # rows to drop: chunks that no longer exist, or another fingerprint
     staged: int
     up_to_date: bool
+    empty: bool = False  # length_buckets holds no rows for the batch
 
 
-def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fingerprint: str, *, sink: VectorSink | None = None) -> tuple[EmbedPlan, pa.Table]:
-    """What the embeddings step must do for a partition, from metadata columns only (cheap).
+@dataclass
+class ChunkMeta:
+    """The partition's chunks, held compactly for the swap: O(partition) state, on purpose and bounded.
 
-    Returns the plan and the partition's chunk metadata (chunk_id, doc_id, text_hash, n_tokens);
-    keys are matched with sorted numpy arrays (`keys.KeyIndex`), never per-row Python objects.
+    Per chunk: its chunk id as fixed-width numpy bytes (16 raw bytes for the 32-hex-digit ids), its
+    doc id in one contiguous Arrow string array (its bytes plus an 8-byte offset), and the sorted
+    index of the text hashes (`KeyIndex`: 32 raw bytes of the sha256 plus ~24 bytes of row
+    numbers a chunk); a chunk's text hash is its group's key in that index. No Python object per
+    chunk and no multi-chunk Arrow table (whose `take` would copy whole columns per slice).
     """
-    sink = _sink(lake_root, sink)
-    meta = lake.read_partition(lake_root, tables.BUCKETS, batch, columns=["chunk_id", "doc_id", "text_hash", "n_tokens", "tokenizer"])
-    if meta is None or meta.num_rows == 0:
-        raise RuntimeError(f"length_buckets has no rows for batch {batch!r}: materialize length_buckets first")
-    tokenizers = pc.unique(meta.column("tokenizer")).to_pylist()
-    if tokenizers != [tokenizer_fingerprint]:
+
+    chunk_id: np.ndarray
+    chunk_id_packed: bool
+    doc_id: pa.Array
+    texts: KeyIndex
+
+    def chunk_ids(self, rows: np.ndarray) -> np.ndarray:
+        ids = self.chunk_id[rows]
+        return unpack_hex(ids) if self.chunk_id_packed else ids
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.chunk_id)
+
+
+def _read_chunk_meta(lake_root: str, batch: str, tokenizer_fingerprint: str) -> tuple[ChunkMeta | None, np.ndarray]:
+    """Streams length_buckets' metadata columns into a `ChunkMeta` (None when the table does not
+    exist) and the chunks' token counts."""
+    if not lake.exists(lake_root, tables.BUCKETS):
+        return None, np.zeros(0, dtype=np.int32)
+    hashes, chunk_ids = CompactKeys(), CompactKeys()
+    doc_ids: list[pa.Array] = []
+    n_tokens: list[np.ndarray] = []
+    tokenizers: set[str] = set()
+    columns = ["chunk_id", "doc_id", "text_hash", "n_tokens", "tokenizer"]
+    for part in scan_bounded(lake_root, tables.BUCKETS, batch, columns=columns, batch_size=65_536):
+        if not part.num_rows:
+            continue
+        tokenizers.update(pc.unique(part.column("tokenizer")).to_pylist())
+        hashes.add(part.column("text_hash"))
+        chunk_ids.add(part.column("chunk_id"))
+        doc_ids.append(part.column("doc_id"))
+        n_tokens.append(part.column("n_tokens").to_numpy(zero_copy_only=False).astype(np.int32))
+    if tokenizers and tokenizers != {tokenizer_fingerprint}:
         raise RuntimeError(
-            f"length_buckets for batch {batch!r} was tokenized with {tokenizers}, but the model's tokenizer is "
+            f"length_buckets for batch {batch!r} was tokenized with {sorted(tokenizers)}, but the model's tokenizer is "
             f"{tokenizer_fingerprint}: re-materialize chunks and length_buckets for this model"
         )
-    meta = meta.drop_columns(["tokenizer"])
-    texts = KeyIndex(meta.column("text_hash"))
+    text_keys, packed = hashes.result()
+    texts = KeyIndex(text_keys, packed=packed)
+    del text_keys
+    chunk_id, packed = chunk_ids.result()
+    doc_id = pa.concat_arrays(doc_ids) if doc_ids else pa.array([], pa.string())
+    meta = ChunkMeta(chunk_id=chunk_id, chunk_id_packed=packed, doc_id=doc_id, texts=texts)
+    return meta, (np.concatenate(n_tokens) if n_tokens else np.zeros(0, dtype=np.int32))
+
+
+def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fingerprint: str, *, sink: VectorSink | None = None) -> tuple[EmbedPlan, ChunkMeta]:
+    """What the embeddings step must do for a partition, from metadata columns only (cheap).
+
+    Returns the plan and the partition's chunk metadata (`ChunkMeta`); every column is streamed a
+    record batch at a time and keys are matched with sorted numpy arrays (`keys.KeyIndex`), never
+    per-row Python objects.
+
+    A partition of length_buckets with no rows (an emptied batch) gives a plan with `empty` set:
+    the step then empties the embeddings partition. Only a length_buckets table that does not exist
+    at all means "never materialized" and raises: Delta keeps no cheap record of whether a
+    partition was ever written (an emptied partition and one never written both have no files),
+    and within Dagster the asset graph runs length_buckets for a batch before its embeddings.
+    """
+    sink = _sink(lake_root, sink)
+    meta, n_tokens = _read_chunk_meta(lake_root, batch, tokenizer_fingerprint)
+    if meta is None:
+        raise RuntimeError(f"length_buckets does not exist in {lake_root!r}: materialize length_buckets for batch {batch!r} first")
+    texts = meta.texts
     have = np.zeros(len(texts), dtype=bool)
-    existing = sink.read(batch, ["chunk_id", "text_hash", "model"])
-    staged = sink.read(batch, ["text_hash"], staged=True, filter=pc.field("model") == fingerprint)
-    stale, complete = 0, False
-    if existing is not None and existing.num_rows:
-        same = existing.filter(pc.equal(existing.column("model"), fingerprint))
+    chunk_order = np.sort(meta.chunk_id)  # to look up published chunk ids
+    seen_chunks = np.zeros(len(chunk_order), dtype=bool)
+    existing_rows = same_rows = current = 0
+    for part in sink.scan(batch, ["chunk_id", "text_hash", "model"], batch_size=65_536):
+        existing_rows += part.num_rows
+        same = part.filter(pc.equal(part.column("model"), fingerprint))
+        if not same.num_rows:
+            continue
+        same_rows += same.num_rows
         _mark(have, texts.group(same.column("text_hash")))
-        current = pc.sum(pc.is_in(same.column("chunk_id"), value_set=meta.column("chunk_id").combine_chunks())).as_py() or 0
-        stale = existing.num_rows - current
-        complete = stale == 0 and same.num_rows == meta.num_rows and pc.count_distinct(same.column("chunk_id")).as_py() == meta.num_rows
-    n_staged = 0 if staged is None else staged.num_rows
-    if staged is not None:
-        _mark(have, texts.group(staged.column("text_hash")))
+        position = _positions(chunk_order, _compact_like(fixed_width(same.column("chunk_id")), meta))
+        found = position >= 0
+        current += int(found.sum())
+        seen_chunks[position[found]] = True
+    stale = existing_rows - current
+    complete = existing_rows > 0 and stale == 0 and same_rows == meta.num_rows and int(seen_chunks.sum()) == meta.num_rows
+    n_staged = 0
+    for part in sink.scan(batch, ["text_hash"], staged=True, filter=pc.field("model") == fingerprint, batch_size=65_536):
+        n_staged += part.num_rows
+        _mark(have, texts.group(part.column("text_hash")))
     first_rows = texts.order[texts.starts[~have]]  # one row per text still to embed, in hash order
-    to_embed = meta.column("text_hash").take(first_rows).combine_chunks()
     plan = EmbedPlan(
         chunks=meta.num_rows,
         distinct_texts=len(texts),
-        to_embed=to_embed,
-        to_embed_tokens=int(pc.sum(meta.column("n_tokens").take(first_rows)).as_py() or 0),
+        to_embed=texts.keys(np.flatnonzero(~have)),
+        to_embed_tokens=int(n_tokens[first_rows].sum()),
         reusable=int(have.sum()),
         stale_rows=stale,
         staged=n_staged,
-        up_to_date=complete and not len(to_embed) and n_staged == 0,
+        up_to_date=complete and not len(first_rows) and n_staged == 0,
+        empty=meta.num_rows == 0,
     )
     return plan, meta
+
+
+def _compact_like(keys: np.ndarray, meta: ChunkMeta) -> np.ndarray:
+    """Chunk ids in the form `meta` holds them (raw bytes when its ids are hex); a key that is not
+    hex of that width becomes one that matches nothing."""
+    if not meta.chunk_id_packed:
+        return keys
+    width = 2 * meta.chunk_id.dtype.itemsize
+    if keys.dtype.itemsize != width:
+        return np.full(len(keys), b"\xff" * (width // 2 + 1), dtype=f"S{width // 2 + 1}")  # longer than any id
+    packed, is_hex = pack_hex(keys)
+    if not is_hex.all():
+        packed = packed.astype(f"S{width // 2 + 1}")
+        packed[~is_hex] = b"\xff" * (width // 2 + 1)
+    return packed
+
+
+def _positions(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Index of each query key in `sorted_keys` (distinct), or -1."""
+    if not len(sorted_keys) or not len(query):
+        return np.full(len(query), -1, dtype=np.int64)
+    width = sorted_keys.dtype.itemsize
+    too_long = np.char.str_len(query) > width if query.dtype.itemsize > width else np.zeros(len(query), dtype=bool)
+    query = query.astype(f"S{width}")
+    position = np.searchsorted(sorted_keys, query)
+    inside = position < len(sorted_keys)
+    found = np.zeros(len(query), dtype=bool)
+    found[inside] = sorted_keys[position[inside]] == query[inside]
+    return np.where(found & ~too_long, position, -1)
 
 
 def _mark(flags: np.ndarray, groups: np.ndarray) -> None:
     flags[groups[groups >= 0]] = True
 
 
-def _pending_batches(lake_root: str, batch: str, hashes: pa.Array, token_budget: int, window_rows: int = 8192) -> Iterator[Batch]:
+class _Window:
+    """Token ids of pending texts as one flat int32 buffer plus lengths and keys (no per-row arrays)."""
+
+    def __init__(self):
+        self.values: list[np.ndarray] = []
+        self.lengths: list[np.ndarray] = []
+        self.keys: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, values: np.ndarray, lengths: np.ndarray, keys: np.ndarray) -> None:
+        self.values.append(values)
+        self.lengths.append(lengths)
+        self.keys.append(keys)
+        self.rows += len(lengths)
+
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        values = np.concatenate(self.values) if self.values else np.empty(0, dtype=np.int32)
+        lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, dtype=np.int64)
+        keys = np.concatenate(self.keys) if self.keys else np.empty(0, dtype="S1")
+        self.values, self.lengths, self.keys, self.rows = [], [], [], 0
+        return values, lengths, keys
+
+
+def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """values[starts[j] : starts[j] + lengths[j]] for every j, laid end to end (one numpy gather)."""
+    total = int(lengths.sum())
+    if not total:
+        return np.empty(0, dtype=values.dtype)
+    out_starts = np.cumsum(lengths) - lengths
+    index = np.arange(total, dtype=np.int64) + np.repeat(starts - out_starts, lengths)
+    return values[index]
+
+
+def _pending_batches(lake_root: str, batch: str, hashes, token_budget: int, window_rows: int = 8192) -> Iterator[Batch]:
     """Token-budget batches of the texts still to embed, streamed from length_buckets in order.
 
     Each text is embedded once, however many chunks share it; a window of `window_rows` texts is
     sorted by length before it is cut into batches, so padding stays low without a global sort.
+    Token ids stay in Arrow's flat int32 buffers: rows are picked, sorted and cut with offsets in
+    numpy, and each batch is collated by one vectorized gather (`batching.collate_flat`).
     """
     wanted = KeyIndex(hashes)
     taken = np.zeros(len(wanted), dtype=bool)
-    pending_ids: list[np.ndarray] = []
-    pending_keys: list[str] = []
+    window = _Window()
 
     def flush(final: bool):
-        order = np.argsort([len(t) for t in pending_ids], kind="stable")
-        ids = [pending_ids[i] for i in order]
-        keys = np.array([pending_keys[i] for i in order], dtype=object)
-        slices = plan_batches([len(t) for t in ids], token_budget)
+        values, lengths, keys = window.take()
+        order = np.argsort(lengths, kind="stable")
+        starts = (np.cumsum(lengths) - lengths)[order]  # where each sorted row's ids sit in `values`
+        lengths, keys = lengths[order], keys[order]
+        slices = plan_batches(lengths, token_budget)
         # Keep the last (possibly part-filled) slice for the next window unless this is the end.
-        keep_from = len(ids) if final or len(slices) < 2 else slices[-1][0]
+        keep_from = len(lengths) if final or len(slices) < 2 else slices[-1][0]
         for start, end in slices:
             if start >= keep_from:
                 break
-            yield collate(ids[start:end], rows=np.arange(start, end), keys=keys[start:end])
-        pending_ids[:] = ids[keep_from:]
-        pending_keys[:] = list(keys[keep_from:])
+            yield collate_flat(values, lengths[start:end], rows=np.arange(start, end), keys=keys[start:end], starts=starts[start:end])
+        if keep_from < len(lengths):
+            window.add(_gather(values, starts[keep_from:], lengths[keep_from:]), lengths[keep_from:], keys[keep_from:])
 
-    for record_batch in lake.scan_partition(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
+    for record_batch in scan_bounded(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
         picked, _ = claim_new(wanted, taken, record_batch.column("text_hash"))
         if not len(picked):
             continue
         column = record_batch.column("input_ids")
         offsets = column.offsets.to_numpy()
-        values = column.values.to_numpy(zero_copy_only=False).astype(np.int64)
-        pending_ids.extend(values[offsets[i]:offsets[i + 1]] for i in picked)
-        pending_keys.extend(record_batch.column("text_hash").take(pa.array(picked)).to_pylist())
-        if len(pending_ids) >= window_rows:
+        values = column.values.to_numpy(zero_copy_only=False)
+        lengths = (offsets[picked + 1] - offsets[picked]).astype(np.int64)
+        # `offsets` index the whole values buffer (a sliced list array's offsets are absolute).
+        window.add(_gather(values, offsets[picked], lengths), lengths, fixed_width(record_batch.column("text_hash"))[picked])
+        if window.rows >= window_rows:
             yield from flush(final=False)
-    if pending_ids:
+    if window.rows:
         yield from flush(final=True)
 
 
@@ -158,6 +309,7 @@ def embed_batch(
     sink = _sink(lake_root, sink)
     fingerprint = engine.fingerprint
     plan, meta = plan_embeddings(lake_root, batch, fingerprint, engine.tokenizer.fingerprint, sink=sink)
+    _release_free_memory()
     stats = EngineStats()
     result = {
         "chunks": plan.chunks,
@@ -175,7 +327,15 @@ def embed_batch(
         "token_budget": token_budget or engine.token_budget,
         "token_budget_source": "override" if token_budget else engine.budget_source,
         "arrow_memory_pool": arrow_pool,
+        "emptied": False,
     }
+    if plan.empty:
+        # An emptied batch: its embeddings partition is emptied too (one commit) and checkpoints cleared.
+        log(f"length_buckets holds no rows for batch {batch}: emptying its embeddings partition ({plan.stale_rows} rows removed)")
+        sink.publish(batch, pa.RecordBatchReader.from_batches(tables.embeddings_schema(engine.dimension), iter(())))
+        sink.finish(batch)
+        result.update(skipped=False, emptied=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
+        return result
     if plan.up_to_date:
         log(f"embeddings for batch {batch} are up to date under {fingerprint}: nothing to embed")
         result.update(skipped=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
@@ -184,6 +344,7 @@ def embed_batch(
     if len(plan.to_embed):
         log(f"embedding {len(plan.to_embed)} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
         _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink)
+        _release_free_memory()
     _swap_in(lake_root, batch, engine, meta, sink=sink)
     sink.finish(batch)
     result.update(
@@ -202,7 +363,14 @@ def embed_batch(
 
 
 def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink):
-    """Embeds the plan's texts, checkpointing every `commit_seconds` or `max_buffer_rows` vectors."""
+    """Embeds the plan's texts, checkpointing every `commit_seconds` or `max_buffer_rows` vectors.
+
+    A checkpoint is written on a background thread while the encoder goes on (writing Parquet
+    releases the GIL), one at a time and in version order; the step waits for the last one, and a
+    failed checkpoint fails the step at the next checkpoint or at the end.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     fingerprint, dimension = engine.fingerprint, engine.dimension
     app_id = f"embeddings/{batch}/{fingerprint}"
     version = sink.checkpoint_version(app_id)
@@ -211,59 +379,73 @@ def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, 
     vector_buffer: list[np.ndarray] = []
     buffered = 0
     last_commit = last_log = time.monotonic()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-checkpoint")
+    in_flight = None
+
+    def wait_for_checkpoint():
+        nonlocal in_flight
+        if in_flight is not None:
+            in_flight.result()  # raises what the checkpoint raised
+            in_flight = None
+            result["commits"] += 1
 
     def commit():
-        nonlocal buffered, version, last_commit
+        nonlocal buffered, version, last_commit, in_flight
         if not buffered:
             return
         keys = np.concatenate(keys_buffer)
         vectors = np.concatenate(vector_buffer)
         table = pa.table({
             "batch": pa.array([batch] * len(keys), pa.string()),
-            "text_hash": pa.array(keys.tolist(), pa.string()),
+            "text_hash": to_arrow(keys),
             "embedding": tables.vectors_to_arrow(vectors, dimension),
             "model": pa.array([fingerprint] * len(keys), pa.string()),
             "embedded_at": pa.array([utc_now()] * len(keys), tables.TS),
         }, schema=tables.staging_schema(dimension))
+        wait_for_checkpoint()  # one checkpoint at a time, in version order
         version += 1
-        sink.checkpoint(table, app_transaction=(app_id, version))
-        result["commits"] += 1
+        in_flight = writer.submit(sink.checkpoint, table, app_transaction=(app_id, version))
         keys_buffer.clear()
         vector_buffer.clear()
         buffered = 0
         last_commit = time.monotonic()
 
-    batches = _pending_batches(lake_root, batch, plan.to_embed, budget)
-    for done_batch, vectors in engine.encode_batches(batches, stats):
-        keys_buffer.append(done_batch.keys)
-        vector_buffer.append(vectors)
-        buffered += len(vectors)
-        now = time.monotonic()
-        if now - last_commit >= commit_seconds or buffered >= max_buffer_rows:
-            commit()
-        if now - last_log >= progress_seconds:
-            last_log = now
-            rate = stats.tokens_per_second
-            left = (total_tokens - stats.real_tokens) / rate if rate else float("nan")
-            log(
-                f"embeddings {batch}: {stats.rows}/{len(plan.to_embed)} texts, {stats.real_tokens}/{total_tokens} tokens, "
-                f"{rate:,.0f} tokens/s, padded {stats.padded_fraction:.1%}, about {left:,.0f} s left"
-            )
-    commit()
+    try:
+        batches = _pending_batches(lake_root, batch, plan.to_embed, budget)
+        for done_batch, vectors in engine.encode_batches(batches, stats):
+            keys_buffer.append(done_batch.keys)
+            vector_buffer.append(vectors)
+            buffered += len(vectors)
+            now = time.monotonic()
+            if now - last_commit >= commit_seconds or buffered >= max_buffer_rows:
+                commit()
+            if now - last_log >= progress_seconds:
+                last_log = now
+                rate = stats.tokens_per_second
+                left = (total_tokens - stats.real_tokens) / rate if rate else float("nan")
+                log(
+                    f"embeddings {batch}: {stats.rows}/{len(plan.to_embed)} texts, {stats.real_tokens}/{total_tokens} tokens, "
+                    f"{rate:,.0f} tokens/s, padded {stats.padded_fraction:.1%}, about {left:,.0f} s left"
+                )
+        commit()
+        wait_for_checkpoint()
+    finally:
+        writer.shutdown(wait=True)  # a checkpoint never outlives the step, even when it fails
 
 
-def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int = 4096, *, sink: VectorSink | None = None) -> None:
+def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: int = 4096, *, sink: VectorSink | None = None) -> None:
     """Replaces the embeddings partition with one vector per current chunk, in one commit.
 
     Streams: vectors are read a record batch at a time from the sink's checkpoints (fresh) and then
     from the partition's published rows of the same fingerprint (reused), each distinct text's vector
     is written once for every chunk that has that text, and the sink writes them as they come. Peak
-    memory is a few record batches plus the chunk metadata, whatever the partition's size.
+    memory is a few record batches plus the compact chunk metadata (`ChunkMeta`: fixed-width numpy
+    keys and one contiguous doc id array), whatever the partition's size.
     """
     sink = _sink(lake_root, sink)
     fingerprint, dimension = engine.fingerprint, engine.dimension
     same_model = pc.field("model") == fingerprint
-    texts = KeyIndex(meta.column("text_hash"))
+    texts = meta.texts
     sources = (True, False)  # staged: checkpointed vectors (fresh) win over published rows of the same text
     # Every text must have a vector before anything is written: checked on the key column alone.
     have = np.zeros(len(texts), dtype=bool)
@@ -273,7 +455,6 @@ def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int
     if not have.all():
         raise RuntimeError(f"{int((~have).sum())} texts of batch {batch!r} have no vector after embedding; nothing was written")
     schema = tables.embeddings_schema(dimension)
-    chunk_columns = meta.select(["doc_id", "chunk_id", "text_hash"])
     written = np.zeros(len(texts), dtype=bool)
 
     def record_batches():
@@ -284,16 +465,22 @@ def _swap_in(lake_root: str, batch: str, engine, meta: pa.Table, slice_rows: int
                 if not len(picked):
                     continue
                 rows, owner = texts.rows_of(groups)
-                chunks = chunk_columns.take(pa.array(rows))
-                source_rows = pa.array(picked[owner])
+                source = picked[owner]
+                # One chunk per text, every row of the part kept (the usual case): no copy of the vectors.
+                same_rows = len(source) == part.num_rows and bool((source == np.arange(part.num_rows)).all())
+                vectors, embedded_at = part.column("embedding"), part.column("embedded_at")
+                if not same_rows:
+                    vectors, embedded_at = vectors.take(pa.array(source)), embedded_at.take(pa.array(source))
+                if vectors.type != schema.field("embedding").type:
+                    vectors = vectors.cast(schema.field("embedding").type)
                 yield pa.record_batch({
                     "batch": pa.array([batch] * len(rows), pa.string()),
-                    "doc_id": chunks.column("doc_id").combine_chunks(),
-                    "chunk_id": chunks.column("chunk_id").combine_chunks(),
-                    "text_hash": chunks.column("text_hash").combine_chunks(),
-                    "embedding": part.column("embedding").take(source_rows).cast(schema.field("embedding").type),
+                    "doc_id": meta.doc_id.take(pa.array(rows)),
+                    "chunk_id": to_arrow(meta.chunk_ids(rows)),
+                    "text_hash": to_arrow(texts.keys(groups[owner])),
+                    "embedding": vectors,
                     "model": pa.array([fingerprint] * len(rows), pa.string()),
-                    "embedded_at": part.column("embedded_at").take(source_rows),
+                    "embedded_at": embedded_at,
                 }, schema=schema)
         if not written.all():  # a source changed under us between the check and the write
             raise RuntimeError(f"{int((~written).sum())} texts of batch {batch!r} lost their vector during the swap; nothing was written")
