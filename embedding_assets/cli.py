@@ -3,7 +3,8 @@
     embedding-assets sync                      register landed batches as partitions
     embedding-assets search "text" [--batch B] [-k N]
     embedding-assets summary [--batch B]       row counts of every table
-    embedding-assets tune [--quick]            measure and store the best token budget
+    embedding-assets tune [--quick]            measure and store the best token budget (in the lake)
+    embedding-assets migrate-partitions [--check]  rewrite partitions an older release wrote
     embedding-assets demo-corpus [--batch demo]
 """
 
@@ -75,6 +76,12 @@ def _tune(args, settings: Settings) -> int:
     return 0
 
 
+def _migrate_partitions(args, settings: Settings) -> int:
+    from embedding_assets.lib.lake import migrate
+
+    return migrate.main([settings.lake, *(["--check"] if args.check else [])])
+
+
 def _demo_corpus(args, settings: Settings) -> int:
     from embedding_assets.lib.demo import build_demo_corpus
 
@@ -99,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("tune", help="measure throughput across token budgets and store the best")
     p.add_argument("--quick", action="store_true", help="a short measurement")
     p.set_defaults(run=_tune)
+    p = sub.add_parser("migrate-partitions", help="rewrite partitions an older release wrote (partition folders, vector types)")
+    p.add_argument("--check", action="store_true", help="list them and exit 1 if any, writing nothing")
+    p.set_defaults(run=_migrate_partitions)
     p = sub.add_parser("demo-corpus", help="land a demo batch built from Python's own documentation")
     p.add_argument("--batch", default="demo")
     p.set_defaults(run=_demo_corpus)

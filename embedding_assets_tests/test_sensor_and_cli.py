@@ -94,3 +94,14 @@ def test_sync_without_dagster_home_says_what_to_do(dirs):
     env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
     done = subprocess.run([f"{BIN}/embedding-assets", "sync"], env=env, capture_output=True, text=True)
     assert done.returncode == 2 and "DAGSTER_HOME" in done.stderr
+
+
+def test_cli_migrate_partitions_check_on_a_current_lake(dirs, capsys):
+    from embedding_assets.cli import main
+    from embedding_assets.lib import lake
+    from embedding_assets.lib.lake import tables
+    import pyarrow as pa
+
+    rows = pa.table({"batch": ["a=b"], "source": ["x.txt"], "record": [None], "reason": ["empty"], "rejected_at": [None]}, schema=tables.REJECTED_DOCUMENTS)
+    lake.replace_partition(dirs["lake"], tables.REJECTED, "a=b", rows)
+    assert main(["migrate-partitions", "--check"]) == 0, capsys.readouterr()

@@ -84,7 +84,7 @@ def length_buckets(context: dg.AssetExecutionContext, lake: LakeResource, model:
 def embeddings(context: dg.AssetExecutionContext, lake: LakeResource, model: ModelResource):
     """Embeds what the partition lacks, swaps it in, then runs the blocking checks (or the checks alone)."""
     batch, lake_root = context.partition_key, lake.lake_root
-    engine = model.engine(log=context.log.info)
+    engine = model.engine(log=context.log.info, lake_root=lake_root)
     selected_checks = set(context.selected_asset_check_keys)
     if dg.AssetKey(tables.EMBEDDINGS) not in context.selected_asset_keys:
         # The checks alone, for this partition: nothing is embedded or written.

@@ -49,8 +49,10 @@ class ModelResource(dg.ConfigurableResource):
 
         return load_tokenizer(self.model_name)
 
-    def engine(self, log=None):
-        """The loaded engine, built once per process for this configuration."""
+    def engine(self, log=None, lake_root: str | None = None):
+        """The loaded engine, built once per process for this configuration; its token budget is the
+        one tuned for this model and device (read from the lake's `_tuning` table under `lake_root`,
+        then the local cache), unless EMBEDDING_TOKEN_BUDGET sets it."""
         key = self._settings()
         model, device, precision, backend, token_budget, cache_dir = key
         with _LOCK:
@@ -63,7 +65,7 @@ class ModelResource(dg.ConfigurableResource):
                 if token_budget:
                     engine.token_budget, engine.budget_source = token_budget, "set by EMBEDDING_TOKEN_BUDGET"
                 else:
-                    engine.token_budget, engine.budget_source = load_tuned_budget(engine, cache_dir)
+                    engine.token_budget, engine.budget_source = load_tuned_budget(engine, cache_dir, lake_root=lake_root, log=log)
                     if engine.budget_source == DEFAULT_SOURCE:
                         engine.budget_source = "default: not tuned for this model on this device (run `embedding-assets tune`)"
                 if log:

@@ -265,9 +265,9 @@ def scan_partition(root: str, name: str, batch: str, columns: list[str] | None =
     if table is None:
         return iter(())
     expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
-    # One file and a couple of batches ahead at most: the default read-ahead (4 files, 16 batches)
-    # would hold hundreds of MB of vectors in flight.
-    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, batch_readahead=2, fragment_readahead=1)
+    # Decoded on the consuming thread: pyarrow's threaded scan reads ahead without bound behind a
+    # slow consumer (whatever its read-ahead settings say), holding hundreds of MB of vectors.
+    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, use_threads=False)
 
 
 def read_table(root: str, name: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:

@@ -20,7 +20,6 @@ from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
 from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, fixed_width, pack_hex, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
-from embedding_assets.lib.sinks.delta import scan_bounded
 from embedding_assets.lib.stages.common import Log, utc_now
 from embedding_assets.lib.storage.names import validate_batch
 
@@ -96,7 +95,7 @@ def _read_chunk_meta(lake_root: str, batch: str, tokenizer_fingerprint: str) -> 
     n_tokens: list[np.ndarray] = []
     tokenizers: set[str] = set()
     columns = ["chunk_id", "doc_id", "text_hash", "n_tokens", "tokenizer"]
-    for part in scan_bounded(lake_root, tables.BUCKETS, batch, columns=columns, batch_size=65_536):
+    for part in lake.scan_partition(lake_root, tables.BUCKETS, batch, columns=columns, batch_size=65_536):
         if not part.num_rows:
             continue
         tokenizers.update(pc.unique(part.column("tokenizer")).to_pylist())
@@ -265,7 +264,7 @@ def _pending_batches(lake_root: str, batch: str, hashes, token_budget: int, wind
         if keep_from < len(lengths):
             window.add(_gather(values, starts[keep_from:], lengths[keep_from:]), lengths[keep_from:], keys[keep_from:])
 
-    for record_batch in scan_bounded(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
+    for record_batch in lake.scan_partition(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
         picked, _ = claim_new(wanted, taken, record_batch.column("text_hash"))
         if not len(picked):
             continue
