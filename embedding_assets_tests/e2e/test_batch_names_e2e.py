@@ -30,7 +30,7 @@ def test_the_sensor_and_sync_skip_a_folder_named_with_a_trailing_newline(dirs):
     write_corpus(os.path.join(dirs["landing"], BAD))
     write_corpus(os.path.join(dirs["landing"], "a"))
     with dg.instance_for_test(temp_dir=dirs["home"]) as instance:
-        result = landing_sensor(dg.build_sensor_context(instance=instance))
+        result = landing_sensor(dg.build_sensor_context(instance=instance, resources={"lake": LakeResource(landing=dirs["landing"], lake=dirs["lake"])}))
         assert [r.partition_key for r in result.run_requests] == ["a"]
         assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [["a"]]
         added, _, invalid = sync_partitions(instance, dirs["landing"])
@@ -80,6 +80,6 @@ def test_a_dagster_run_of_the_name_fails_before_writing(dirs):
         result = dg.materialize(ASSETS, partition_key=BAD, instance=instance, resources=resources, raise_on_error=False)
     assert not result.success
     failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert [e.step_key for e in failures] == ["raw_documents"]
+    assert [e.step_key for e in failures] == ["ingest"]  # the step that writes raw_documents and rejected_documents
     assert "is not allowed" in str(failures[0].event_specific_data.error)
     assert lake_files(dirs["lake"]) == []

@@ -529,7 +529,7 @@ def test_new_fingerprint_keeps_old_vectors_visible_until_the_new_set_is_complete
 
         # A full run under the new fingerprint resumes and swaps the partition in one commit.
         new.encode_batches = real_encode
-        monkeypatch.setattr(ModelResource, "engine", lambda self, log=None: new)
+        monkeypatch.setattr(ModelResource, "engine", lambda self, log=None, lake_root=None: new)
         result = materialize(dirs, instance, ["embeddings"])
     md = metadata(result, "embeddings")
     assert md["model"] == new.fingerprint and md["resumed_from_checkpoint"] == staged.num_rows

@@ -50,7 +50,7 @@ def _materialize(dirs, instance, selection=None, lake_root=None, raise_on_error=
         partition_key=BATCH,
         instance=instance,
         resources={
-            "lake": LakeResource(landing=dirs["landing"], lake=lake_root or dirs["lake"], max_file_bytes=CAP, commit_seconds=0.0),
+            "lake": LakeResource(landing=dirs["landing"], lake=lake_root or dirs["lake"], max_file_bytes=CAP, commit_seconds=0.0, max_reject_fraction=1.0),
             "model": ModelResource(),
         },
         raise_on_error=raise_on_error,
@@ -128,7 +128,7 @@ def test_hostile_documents_are_rejected_and_lookalike_ids_stay_apart(dirs, insta
     assert sorted(documents.column("doc_id").to_pylist()) == sorted(raw.column("doc_id").to_pylist())
     vectors = dict(zip(documents.column("doc_id").to_pylist(), tables.arrow_to_vectors(documents.column("embedding"))))
     assert float(np.dot(vectors["a.jsonl#b.jsonl#1"], vectors["a.jsonl%23b.jsonl#1"])) < 0.9  # two meanings, two vectors
-    for check in result.get_asset_check_evaluations():
+    for check in result.get_asset_check_evaluations():  # mostly hostile on purpose: the reject threshold is 1
         assert check.passed, check.check_name
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 import re
 from typing import Iterator
 
@@ -96,8 +97,12 @@ def open_table(root: str, name: str):
     try:
         table = DeltaTable(uri, storage_options=storage_options(root))
     except TableNotFoundError:
-        _refuse_data_without_log(root, name)
-        raise
+        found = _data_without_log(root, name)
+        if not found:
+            raise
+        table = _reopen_after_concurrent_create(uri, storage_options(root))
+        if table is None:
+            raise DamagedTable(_data_without_log_message(root, name, found)) from None
     except DeltaError as exc:
         _find_damaged_commit(root, name, exc)
         raise
@@ -164,29 +169,44 @@ def _find_damaged_commit(root: str, name: str, error: Exception) -> None:
             raise DamagedTable(_damaged(root, name, version, f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
 
 
-def _refuse_data_without_log(root: str, name: str) -> None:
-    """delta-rs found no table: DamagedTable if the folder still holds data files or partitions."""
+def _reopen_after_concurrent_create(uri: str, options, attempts: int = 5, pause: float = 0.1):
+    """The table, where a concurrent first write committed its log between our two looks; else None."""
+    from deltalake import DeltaTable
+    from deltalake.exceptions import TableNotFoundError
+
+    for attempt in range(attempts):
+        try:
+            return DeltaTable(uri, storage_options=options)
+        except TableNotFoundError:
+            time.sleep(pause * (attempt + 1))
+    return None
+
+
+def _data_without_log(root: str, name: str) -> list[str]:
+    """What the folder of a table delta-rs did not find still holds: partitions, data files, commits."""
     import pyarrow.fs as pafs
 
     filesystem = _log_filesystem(root, name)
     try:
         entries = filesystem.get_file_info(pafs.FileSelector("", allow_not_found=True))
     except (OSError, pa.ArrowException):
-        return
-    found = sorted(
+        return []
+    return sorted(
         os.path.basename(e.path) for e in entries
         if (e.type == pafs.FileType.Directory and os.path.basename(e.path).startswith("batch="))
         or (e.type == pafs.FileType.File and e.path.endswith(".parquet"))
         or (e.type == pafs.FileType.Directory and os.path.basename(e.path) == LOG and _commit_or_checkpoint(filesystem))
     )
-    if found:
-        shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
-        raise DamagedTable(
-            f"table {name} is damaged: {table_uri(root, name)} holds data ({shown}) but no readable Delta "
-            f"log ({LOG} is missing or has no commit). It is not created anew, which would drop every batch "
-            f"in it. Restore {LOG} from a backup, or move the folder away (its rows leave the lake) and rerun "
-            f"every batch."
-        )
+
+
+def _data_without_log_message(root: str, name: str, found: list[str]) -> str:
+    shown = ", ".join(found[:3]) + (f" and {len(found) - 3} more" if len(found) > 3 else "")
+    return (
+        f"table {name} is damaged: {table_uri(root, name)} holds data ({shown}) but no readable Delta "
+        f"log ({LOG} is missing or has no commit). It is not created anew, which would drop every batch "
+        f"in it. Restore {LOG} from a backup, or move the folder away (its rows leave the lake) and rerun "
+        f"every batch."
+    )
 
 
 def _log_filesystem(root: str, name: str):
@@ -291,16 +311,10 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
         _create_empty(root, name, data.schema)
         writer.write_partition(uri, options, name, batch, data, mode="overwrite", app_transaction=app_transaction)
         return
+    # The table is created empty first (a concurrent creator wins the race), so no data file ever
+    # stands in the table's folder before its log does: data without a log means a lost log.
+    _create_empty(root, name, writer.delta_schema(data.schema))
     props = writer.commit_properties(app_transaction)
-    if not exists(root, name):
-        # The first writer creates the table; a concurrent creator makes ours a normal overwrite.
-        data = _conform(data, writer.delta_schema(data.schema))
-        try:
-            write_deltalake(uri, data, mode="error", partition_by=["batch"], storage_options=options, commit_properties=props, **_sizes())
-            return
-        except Exception:
-            if not exists(root, name):
-                raise
     data = _conform(data, pa.schema(open_table(root, name).schema().to_arrow()))
     write_deltalake(
         uri, data, mode="overwrite", predicate=f"batch = '{batch}'", partition_by=["batch"],
