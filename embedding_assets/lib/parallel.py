@@ -26,6 +26,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
+from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -80,16 +81,7 @@ def ordered_map(
 # ---------------------------------------------------------------- chunks: documents -> chunks
 
 # The chunks columns a worker returns (the stage adds the partition's `batch` column).
-CHUNK_COLUMNS = pa.schema([
-    ("doc_id", pa.string()),
-    ("chunk_id", pa.string()),
-    ("chunk_index", pa.int32()),
-    ("text", pa.large_string()),
-    ("text_hash", pa.string()),
-    ("n_tokens", pa.int32()),
-    ("char_start", pa.int64()),
-    ("char_end", pa.int64()),
-])
+CHUNK_COLUMNS = pa.schema([f for f in CHUNKS_SCHEMA if f.name != "batch"])
 
 _chunker: Chunker | None = None
 _tokenizer: Tokenizer | None = None
