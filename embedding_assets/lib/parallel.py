@@ -16,6 +16,7 @@ of ints, which are slow to pickle back from a worker.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
@@ -199,7 +200,7 @@ def tokenize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Tokeniz
         texts = texts.to_pylist()
     ids = [tokenizer.encode(text, add_special_tokens=True).ids for text in texts]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return TokenizedTexts(lengths, flat)
 
 
