@@ -5,7 +5,8 @@
 record batch at a time and yields every row in key order. The merge is vectorized: each run holds
 one read batch; every buffered row whose key is at most the smallest of the runs' last buffered
 keys is safe to emit (no run can still hold a smaller one), and those rows are sorted together
-with numpy. Memory is one run while writing and (runs x `read_rows`) rows while merging; past
+with numpy. Memory is two copies of one run while writing and one read batch (at most `read_rows` rows, about
+READ_BYTES) per run while merging; past
 `fan_in` runs, runs are first merged into larger runs on disk, so the merge's memory stays bounded.
 
 Keys are numpy columns computed from a record batch by the caller's `key` function (most
@@ -26,8 +27,9 @@ import pyarrow as pa
 Key = Callable[[pa.RecordBatch], Sequence[np.ndarray]]
 
 RUN_ROWS = 65_536
-RUN_BYTES = 64 << 20
+RUN_BYTES = 32 << 20
 READ_ROWS = 2_048
+READ_BYTES = 1 << 20  # a run's record batches are at most about this large (merge memory: runs x this)
 FAN_IN = 64
 
 
@@ -87,19 +89,18 @@ class SortedRuns:
         return os.path.join(self.folder, f"run-{self.files:06d}.arrow")
 
     def _spill(self) -> None:
-        table = pa.Table.from_batches(self.held, schema=self.schema).combine_chunks()
+        held, nbytes = self.held, self.held_bytes
         self.held, self.held_rows, self.held_bytes = [], 0, 0
-        batch = table.to_batches()[0] if table.num_rows else None
-        del table
-        if batch is None:
-            return
-        order = _order(self.key(batch))
-        ordered = batch.take(pa.array(order))
-        del batch
+        keys = [np.concatenate(columns) for columns in zip(*(self.key(b) for b in held))]
+        table = pa.Table.from_batches(held, schema=self.schema)
+        del held
+        ordered = table.take(pa.array(_order(keys))).combine_chunks()
+        del table, keys
+        step = max(1, min(self.read_rows, int(READ_BYTES * ordered.num_rows / max(nbytes, 1))))
         path = self._path()
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
-            for start in range(0, ordered.num_rows, self.read_rows):
-                writer.write_batch(ordered.slice(start, self.read_rows))
+            for batch in ordered.to_batches(max_chunksize=step):
+                writer.write_batch(batch)
         self.runs.append(path)
 
 

@@ -22,7 +22,8 @@ from embedding_assets.lib.lake import tables
 from embedding_assets.lib.spill import SortedRuns
 from embedding_assets.lib.stages.common import Log
 
-RUN_ROWS = 65_536  # embeddings rows sorted in memory at a time
+RUN_ROWS = 65_536  # embeddings rows sorted in memory at a time, or RUN_BYTES of them
+RUN_BYTES = 16 << 20
 READ_ROWS = 4_096
 OUT_ROWS = 8_192  # documents per written record batch
 
@@ -39,7 +40,7 @@ def document_vectors(lake_root: str, batch: str, log: Log = print) -> dict:
     stats = {"documents": 0, "chunks": 0}
     row = 0
 
-    with SortedRuns(None, _sort_key, run_rows=RUN_ROWS, read_rows=READ_ROWS) as runs:
+    with SortedRuns(None, _sort_key, run_rows=RUN_ROWS, run_bytes=RUN_BYTES, read_rows=READ_ROWS) as runs:
         for part in lake.scan_partition(lake_root, tables.EMBEDDINGS, batch, columns=["doc_id", "text_hash", "embedding", "model"], batch_size=READ_ROWS):
             n = part.num_rows
             if not n:
