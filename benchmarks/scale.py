@@ -6,7 +6,7 @@
 Corpora (synthetic, random English words from the bundled tokenizer's vocabulary):
 - records: one-chunk JSONL records of 8 to 24 words (about 20 tokens each), all distinct;
 - long documents: JSONL records of about 5,000 words in sentences and paragraphs (about 30
-  chunks of up to 256 tokens each).
+  chunks of up to 256 tokens each: EMBEDDING_CHUNK_TOKENS=256, as all-MiniLM-L6-v2).
 
 Each stage (raw_documents, chunks, length_buckets, embeddings, document_embeddings) runs as its own
 `dagster asset materialize -m embedding_assets.definitions --select <asset> --partition <batch>`
@@ -170,15 +170,14 @@ def run_step(asset: str, batch: str, env: dict, log: Path) -> dict:
     return {"wall_s": wall, "peak_tree_mb": peak_tree / MB, "peak_main_mb": peak_main / MB, "ok": ok}
 
 
-def bare_tokenizer(lake_root: str, batch: str) -> dict:
+def bare_tokenizer(lake_root: str, batch: str, model: str) -> dict:
     """The tokenizers library batch-encoding the partition's chunk texts once, on all cores."""
     from embedding_assets.lib import lake
     from embedding_assets.lib.encoders import load_tokenizer
     from embedding_assets.lib.lake import tables
 
     texts = lake.read_partition(lake_root, tables.CHUNKS, batch, columns=["text"]).column("text").to_pylist()
-    info = load_tokenizer("bundled")
-    tokenizer = info._truncating()
+    tokenizer = load_tokenizer(model)._truncating()  # the stages' tokenizer, truncating like them
     started = time.perf_counter()
     tokens = 0
     for start in range(0, len(texts), 20_000):
@@ -200,7 +199,7 @@ def run_corpus(name: str, size: int, write, workdir: Path, model: str, extra_wor
     write(landing / batch, size)
     env = {
         **os.environ, "DAGSTER_HOME": str(home), "EMBEDDING_LANDING": str(landing), "EMBEDDING_LAKE": str(lake_root),
-        "EMBEDDING_MODEL": model, "EMBEDDING_BACKEND": "torch", "EMBEDDING_DEVICE": "cpu", "EMBEDDING_PRECISION": "fp32",
+        "EMBEDDING_MODEL": model, "EMBEDDING_BACKEND": "torch", "EMBEDDING_CHUNK_TOKENS": "256", "EMBEDDING_DEVICE": "cpu", "EMBEDDING_PRECISION": "fp32",
         "EMBEDDING_MAX_FILE_BYTES": str(1 << 30), "EMBEDDING_CACHE": str(base / "cache"),
         "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     }
@@ -218,7 +217,7 @@ def run_corpus(name: str, size: int, write, workdir: Path, model: str, extra_wor
     chunks = lake.read_partition(str(lake_root), tables.CHUNKS, batch, columns=["n_tokens"])
     tokens = int(sum(chunks.column("n_tokens").to_pylist())) if chunks is not None else 0
     result = {"corpus": name, "size": size, "chunks": chunks.num_rows if chunks is not None else 0, "tokens": tokens, "steps": steps}
-    result["bare_tokenizer"] = bare_tokenizer(str(lake_root), batch)
+    result["bare_tokenizer"] = bare_tokenizer(str(lake_root), batch, model)
     if extra_workers:
         one = {**env, "EMBEDDING_CPU_WORKERS": "1"}
         result["one_worker"] = {a: run_step(a, batch, one, base / f"{a}-1worker.log") for a in ("chunks", "length_buckets")}

@@ -156,14 +156,20 @@ class Chunker:
         """The chunks of a document of one segment that fits one window: [] without tokens, [the
         chunk] when it re-tokenizes within the limit; None when the general path must decide.
         The same chunk the general path makes, without ranking the gaps (no cut is needed)."""
-        starts, ends = self._spans(text, 0, len(text))
-        if not len(starts):
+        plain = self.tokenizer.encode(text, add_special_tokens=False)
+        if not len(plain):
             return []
-        if len(starts) > self.window:
+        if len(plain) > self.window:
             return None
-        char_start, char_end = int(starts[0]), int(ends[-1])
+        offsets = plain.offsets
+        char_start, char_end = int(offsets[0][0]), int(offsets[-1][1])
         piece = text[char_start:char_end]
-        encoding = self.tokenizer.encode(piece, add_special_tokens=True)
+        if char_start == 0 and char_end == len(text):
+            # The piece is the text: its encoding with special tokens is this one post-processed
+            # (what `encode` does; truncation and padding are off), without tokenizing it again.
+            encoding = self.tokenizer.post_process(plain, add_special_tokens=True)
+        else:
+            encoding = self.tokenizer.encode(piece, add_special_tokens=True)
         if len(encoding) > self.max_tokens:
             return None
         ids = np.array(encoding.ids, dtype=np.int32) if self.keep_ids else None
