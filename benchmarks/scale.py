@@ -14,7 +14,7 @@ subprocess, with a fresh instance and lake per corpus. Measured per step: wall t
 partition's chunk tokens over the step's wall time) and peak RSS of the step's process tree
 (psutil, sampled every 50 ms: the dagster process plus its pool workers; the main process alone
 is also reported). chunks and length_buckets of the larger size of each corpus also run with
-EMBEDDING_CPU_WORKERS=1 for the 1 -> 2 workers ratio.
+EMBEDDING_CPU_WORKERS=1 (and TOKENIZERS_PARALLELISM=false: one core) for the 1 -> 2 workers ratio.
 
 The baseline is the bare tokenizer (the `tokenizers` library batch-encoding the same chunk texts
 once, truncated like the stages, on all cores), measured in the same run. CPU prep = chunks +
@@ -219,7 +219,8 @@ def run_corpus(name: str, size: int, write, workdir: Path, model: str, extra_wor
     result = {"corpus": name, "size": size, "chunks": chunks.num_rows if chunks is not None else 0, "tokens": tokens, "steps": steps}
     result["bare_tokenizer"] = bare_tokenizer(str(lake_root), batch, model)
     if extra_workers:
-        one = {**env, "EMBEDDING_CPU_WORKERS": "1"}
+        # One worker runs inline; the tokenizer's own threads off too, so it is one core's worth.
+        one = {**env, "EMBEDDING_CPU_WORKERS": "1", "TOKENIZERS_PARALLELISM": "false"}
         result["one_worker"] = {a: run_step(a, batch, one, base / f"{a}-1worker.log") for a in ("chunks", "length_buckets")}
         print(f"  {batch} 1 worker: chunks {result['one_worker']['chunks']['wall_s']:.1f} s, length_buckets {result['one_worker']['length_buckets']['wall_s']:.1f} s", flush=True)
     for key in STEPS:
