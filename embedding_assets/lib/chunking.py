@@ -133,6 +133,11 @@ class Chunker:
 
     def iter_split(self, text: str) -> Iterator[Chunk]:
         """The chunks of `text`, in order, made as they are consumed."""
+        if len(text) <= self.segment_chars:
+            single = self._single_chunk(text)
+            if single is not None:
+                yield from single
+                return
         tokens = _Tokens(self._token_spans(text), text)
         if tokens.at_end(0):
             return
@@ -146,6 +151,29 @@ class Chunker:
                 return
             start = self._next_start(tokens, start, end)
             tokens.release(start)
+
+    def _single_chunk(self, text: str) -> list[Chunk] | None:
+        """The chunks of a document of one segment that fits one window: [] without tokens, [the
+        chunk] when it re-tokenizes within the limit; None when the general path must decide.
+        The same chunk the general path makes, without ranking the gaps (no cut is needed)."""
+        plain = self.tokenizer.encode(text, add_special_tokens=False)
+        if not len(plain):
+            return []
+        if len(plain) > self.window:
+            return None
+        offsets = plain.offsets
+        char_start, char_end = int(offsets[0][0]), int(offsets[-1][1])
+        piece = text[char_start:char_end]
+        if char_start == 0 and char_end == len(text):
+            # The piece is the text: its encoding with special tokens is this one post-processed
+            # (what `encode` does; truncation and padding are off), without tokenizing it again.
+            encoding = self.tokenizer.post_process(plain, add_special_tokens=True)
+        else:
+            encoding = self.tokenizer.encode(piece, add_special_tokens=True)
+        if len(encoding) > self.max_tokens:
+            return None
+        ids = np.array(encoding.ids, dtype=np.int32) if self.keep_ids else None
+        return [Chunk(0, piece, char_start, char_end, len(encoding), ids)]
 
     def _cut(self, tokens: _Tokens, start: int) -> int:
         """The end (exclusive token index) of the chunk that starts at `start`."""

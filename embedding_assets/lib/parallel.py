@@ -16,7 +16,11 @@ of ints, which are slow to pickle back from a worker.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import multiprocessing
+import os
+import sys
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
@@ -26,6 +30,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
+from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,9 +69,11 @@ def ordered_map(
         initargs=initargs,
     )
     pending: deque = deque()
+    plain = fn.__module__ != "__main__" and getattr(initializer, "__module__", None) != "__main__"
     try:
         for item in items:
-            pending.append(pool.submit(fn, item))
+            with _without_main_script(plain):
+                pending.append(pool.submit(fn, item))
             if len(pending) >= limit:
                 yield pending.popleft().result()
         while pending:
@@ -77,19 +84,30 @@ def ordered_map(
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+@contextlib.contextmanager
+def _without_main_script(active: bool):
+    """Workers started meanwhile do not re-import this process's main script, as "spawn" does by
+    default: under the Dagster CLI that would import all of Dagster into every worker (~150 MB and
+    seconds of CPU each). Only when the work functions live in importable modules (`active`)."""
+    main = sys.modules.get("__main__")
+    if not active or main is None:
+        yield
+        return
+    saved = {name: getattr(main, name) for name in ("__spec__", "__file__") if hasattr(main, name)}
+    try:
+        main.__spec__ = None
+        if "__file__" in saved:
+            del main.__file__
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(main, name, value)
+
+
 # ---------------------------------------------------------------- chunks: documents -> chunks
 
 # The chunks columns a worker returns (the stage adds the partition's `batch` column).
-CHUNK_COLUMNS = pa.schema([
-    ("doc_id", pa.string()),
-    ("chunk_id", pa.string()),
-    ("chunk_index", pa.int32()),
-    ("text", pa.large_string()),
-    ("text_hash", pa.string()),
-    ("n_tokens", pa.int32()),
-    ("char_start", pa.int64()),
-    ("char_end", pa.int64()),
-])
+CHUNK_COLUMNS = pa.schema([f for f in CHUNKS_SCHEMA if f.name != "batch"])
 
 _chunker: Chunker | None = None
 _tokenizer: Tokenizer | None = None
@@ -189,8 +207,12 @@ class TokenizedTexts(NamedTuple):
 
 def init_tokenizer(tokenizer_json: str, max_length: int) -> None:
     """Builds this process's tokenizer (an `ordered_map` initializer): special tokens added,
-    truncated to `max_length`, no padding, like `TokenizerInfo.encode_batch`."""
+    truncated to `max_length`, no padding, like `TokenizerInfo.encode_batch`. In a pool worker
+    the tokenizer's own thread pool is switched off: the pool's processes spread the work (inline,
+    with one worker, the tokenizer may use its threads)."""
     global _tokenizer
+    if multiprocessing.parent_process() is not None:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"
     tokenizer = Tokenizer.from_str(tokenizer_json)
     tokenizer.no_padding()
     tokenizer.enable_truncation(max_length)
@@ -198,16 +220,16 @@ def init_tokenizer(tokenizer_json: str, max_length: int) -> None:
 
 
 def tokenize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> TokenizedTexts:
-    """Token ids of every text with this process's tokenizer (see `init_tokenizer`). One text at
-    a time on this thread: the pool, not the tokenizer's own threads, spreads the work."""
+    """Token ids of every text with this process's tokenizer (see `init_tokenizer`), in one
+    `encode_batch` call."""
     tokenizer = _tokenizer
     if tokenizer is None:
         raise RuntimeError("tokenize_texts needs init_tokenizer to have run in this process")
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         texts = texts.to_pylist()
-    ids = [tokenizer.encode(text, add_special_tokens=True).ids for text in texts]
+    ids = [encoding.ids for encoding in tokenizer.encode_batch(list(texts), add_special_tokens=True)]
     lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+    flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return TokenizedTexts(lengths, flat)
 
 

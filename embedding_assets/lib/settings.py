@@ -21,6 +21,7 @@ ENV_VARS: dict[str, tuple[str, str]] = {
     "EMBEDDING_TOKEN_BUDGET": ("", "Padded tokens per batch; empty = the tuned value for this model and device, else a safe default."),
     "EMBEDDING_CHUNK_TOKENS": ("", "Largest chunk in tokens, special tokens included; empty = the model's max sequence length."),
     "EMBEDDING_CHUNK_OVERLAP": ("32", "Tokens shared by consecutive chunks of a document."),
+    "EMBEDDING_CPU_WORKERS": ("", "Processes that chunk and tokenize in the CPU stages; empty = the CPUs this process may use (cgroup quota aware)."),
     "EMBEDDING_COMMIT_SECONDS": ("30", "The embeddings step commits its progress to Delta at least this often."),
     "EMBEDDING_SETTLE_SECONDS": ("30", "The sensor takes a batch once no file in it changed for this long (or it holds a _READY file)."),
     "EMBEDDING_CACHE": ("~/.cache/embedding_assets", "Local cache: tuned batch configs and exported ONNX models."),
@@ -42,6 +43,16 @@ def env(name: str) -> str:
 def env_int(name: str) -> int | None:
     value = env(name)
     return int(value) if value else None
+
+
+def cpu_workers() -> int:
+    """EMBEDDING_CPU_WORKERS, or the CPUs this process may use (`cpus.available_cpus`)."""
+    from embedding_assets.lib.cpus import available_cpus
+
+    value = env_int("EMBEDDING_CPU_WORKERS")
+    if value is not None and value < 1:
+        raise ValueError(f"EMBEDDING_CPU_WORKERS must be at least 1, got {value}")
+    return value if value is not None else available_cpus()
 
 
 @dataclass(frozen=True)

@@ -1,64 +1,154 @@
 """length_buckets: every chunk tokenized once on CPU, bucketed by length and ordered for batching
-(the "disaggregated tokenization" stage: the embeddings stage never tokenizes)."""
+(the "disaggregated tokenization" stage: the embeddings stage never tokenizes).
+
+Streams: chunks is read a record batch at a time; each slice's distinct texts are tokenized by a
+pool of `workers` processes (`parallel.tokenize_texts`, results in input order); token ids stay in
+int32 Arrow buffers. The partition-wide order (by length, then text hash so identical texts sit
+side by side, then chunks order) comes from `spill.SortedRuns`: sorted runs of bounded size in a
+temporary folder, merged as the partition is written (one commit). Memory is one run plus one
+read batch per run, whatever the partition's size; the output is the same for any number of workers.
+"""
 
 from __future__ import annotations
 
 import time
+from collections import deque
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
 
-from embedding_assets.lib import lake
-from embedding_assets.lib.lake import tables
+from embedding_assets.lib import lake, parallel, settings
 from embedding_assets.lib.encoders import TokenizerInfo
+from embedding_assets.lib.keys import fixed_width
+from embedding_assets.lib.lake import tables
+from embedding_assets.lib.spill import SortedRuns
+from embedding_assets.lib.stages.chunks import text_slices
 from embedding_assets.lib.stages.common import Log
 
 BUCKET_WIDTH = 16
+SLICE_CHUNKS = 2048  # chunks handed to a worker at a time
+SLICE_TEXT_BYTES = 1 << 20
+RUN_ROWS = 65_536  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
+
+# What a sorted run holds: the output columns that vary per row, and the row's place in chunks.
+_RUN_SCHEMA = pa.schema([
+    ("chunk_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("text_hash", pa.string()),
+    ("n_tokens", pa.int32()),
+    ("input_ids", pa.large_list(pa.int32())),
+    ("row", pa.int64()),
+])
 
 
-def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log = print) -> dict:
-    """Tokenizes every chunk once, buckets it by length and orders the partition for batching."""
+def _sort_key(batch: pa.RecordBatch) -> list[np.ndarray]:
+    """Length, then text hash (identical texts adjacent), then chunks order: a total order."""
+    return [batch.column("n_tokens").to_numpy(), fixed_width(batch.column("text_hash")), batch.column("row").to_numpy()]
+
+
+def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log = print, *, workers: int | None = None) -> dict:
+    """Tokenizes every chunk once, buckets it by length and orders the partition for batching
+    (`workers` processes, default EMBEDDING_CPU_WORKERS). An empty chunks partition gives an
+    empty length_buckets partition."""
     started = time.perf_counter()
-    chunks = lake.read_partition(lake_root, tables.CHUNKS, batch, columns=["chunk_id", "doc_id", "text", "text_hash"])
-    if chunks is None or chunks.num_rows == 0:
+    if not lake.exists(lake_root, tables.CHUNKS):
         raise RuntimeError(f"chunks has no rows for batch {batch!r}: materialize chunks first")
-    texts = chunks.column("text").to_pylist()
-    ids: list[list[int]] = []
-    step = 2048
+    workers = workers or settings.cpu_workers()
+    stats = {"chunks": 0, "tokens": 0, "distinct_texts": 0, "max_tokens": 0, "tokenized_texts": 0}
+    buckets: set[int] = set()  # at most max_seq_length / BUCKET_WIDTH + 1 values
     last_log = time.monotonic()
-    for start in range(0, len(texts), step):
-        ids.extend(tokenizer.encode_batch(texts[start:start + step]))
-        if time.monotonic() - last_log > 10:
-            last_log = time.monotonic()
-            log(f"tokenizing {batch}: {min(start + step, len(texts))}/{len(texts)} chunks")
-    lengths = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
-    hashes = chunks.column("text_hash").to_numpy(zero_copy_only=False)
-    # Sort by length, then by text so identical texts sit side by side (embedded once).
-    order = np.lexsort((hashes, lengths))
-    flat = np.fromiter((t for i in order for t in ids[i]), dtype=np.int32, count=int(lengths.sum()))
-    offsets = np.zeros(len(order) + 1, dtype=np.int64)
-    np.cumsum(lengths[order], out=offsets[1:])
-    n = len(order)
-    table = pa.table({
-        "batch": pa.array([batch] * n, pa.string()),
-        "chunk_id": chunks.column("chunk_id").take(order),
-        "doc_id": chunks.column("doc_id").take(order),
-        "text_hash": chunks.column("text_hash").take(order),
-        "position": pa.array(np.arange(n, dtype=np.int64)),
-        "bucket": pa.array(((lengths[order] + BUCKET_WIDTH - 1) // BUCKET_WIDTH).astype(np.int32)),
-        "n_tokens": pa.array(lengths[order]),
-        "input_ids": pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32())),
-        "tokenizer": pa.array([tokenizer.fingerprint] * n, pa.string()),
-    }, schema=tables.LENGTH_BUCKETS)
-    lake.replace_partition(lake_root, tables.BUCKETS, batch, table)
-    buckets = np.unique((lengths + BUCKET_WIDTH - 1) // BUCKET_WIDTH)
+
+    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS) as runs:
+        for part in _tokenized(lake_root, batch, tokenizer, workers):
+            stats["tokenized_texts"] += part.pop()
+            runs.add(part[0])
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                log(f"tokenizing {batch}: {runs.rows} chunks")
+
+        def ordered() -> Iterator[pa.RecordBatch]:
+            position = 0
+            previous_hash = None
+            for part in runs.merged():
+                n = part.num_rows
+                lengths = part.column("n_tokens").to_numpy()
+                hashes = fixed_width(part.column("text_hash"))
+                new_text = np.ones(n, dtype=bool)
+                new_text[1:] = hashes[1:] != hashes[:-1]
+                new_text[0] = previous_hash is None or hashes[0] != previous_hash
+                previous_hash = hashes[-1]
+                bucket = ((lengths + BUCKET_WIDTH - 1) // BUCKET_WIDTH).astype(np.int32)
+                stats["chunks"] += n
+                stats["tokens"] += int(lengths.sum())
+                stats["distinct_texts"] += int(new_text.sum())
+                stats["max_tokens"] = max(stats["max_tokens"], int(lengths.max()))
+                buckets.update(np.unique(bucket).tolist())
+                yield pa.RecordBatch.from_arrays([
+                    pa.array([batch] * n, pa.string()),
+                    part.column("chunk_id"),
+                    part.column("doc_id"),
+                    part.column("text_hash"),
+                    pa.array(np.arange(position, position + n, dtype=np.int64)),
+                    pa.array(bucket),
+                    part.column("n_tokens"),
+                    part.column("input_ids"),
+                    pa.array([tokenizer.fingerprint] * n, pa.string()),
+                ], schema=tables.LENGTH_BUCKETS)
+                position += n
+
+        lake.replace_partition(lake_root, tables.BUCKETS, batch, pa.RecordBatchReader.from_batches(tables.LENGTH_BUCKETS, ordered()))
+        spilled_runs = len(runs.runs)
+    if stats["chunks"] == 0:
+        log(f"chunks has no rows for batch {batch!r}: wrote an empty length_buckets partition")
     return {
-        "chunks": n,
-        "tokens": int(lengths.sum()),
-        "distinct_texts": int(len(np.unique(hashes))),
-        "buckets": int(len(buckets)),
+        **stats,
+        "buckets": len(buckets),
         "bucket_width_tokens": BUCKET_WIDTH,
-        "max_tokens": int(lengths.max()) if n else 0,
         "tokenizer": tokenizer.fingerprint,
+        "workers": workers,
+        "sorted_runs": spilled_runs,
+        "empty_upstream": stats["chunks"] == 0,
         "duration_s": time.perf_counter() - started,
     }
+
+
+def _tokenized(lake_root: str, batch: str, tokenizer: TokenizerInfo, workers: int) -> Iterator[list]:
+    """[run rows, texts tokenized] for every slice of chunks, in chunks order. Identical texts in
+    a slice are tokenized once; the pool gets only the texts, the other columns wait here."""
+    waiting: deque = deque()
+    next_row = 0
+
+    def texts() -> Iterator[pa.Array]:
+        nonlocal next_row
+        scan = lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=["chunk_id", "doc_id", "text", "text_hash"], batch_size=4096)
+        for part in text_slices(scan, max_rows=SLICE_CHUNKS, max_bytes=SLICE_TEXT_BYTES):
+            hashes = fixed_width(part.column("text_hash"))
+            _, first, inverse = np.unique(hashes, return_index=True, return_inverse=True)
+            rows = np.arange(next_row, next_row + part.num_rows, dtype=np.int64)
+            next_row += part.num_rows
+            distinct = len(first) < part.num_rows
+            waiting.append((part.drop_columns(["text"]), rows, inverse if distinct else None))
+            yield part.column("text").take(pa.array(first)) if distinct else part.column("text")
+
+    results = parallel.ordered_map(
+        parallel.tokenize_texts, texts(), workers,
+        initializer=parallel.init_tokenizer, initargs=(tokenizer.tokenizer.to_str(), tokenizer.max_seq_length),
+    )
+    for done in results:
+        part, rows, inverse = waiting.popleft()
+        offsets = np.zeros(len(done.lengths) + 1, dtype=np.int64)
+        np.cumsum(done.lengths, out=offsets[1:])
+        ids = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(done.ids, pa.int32()))
+        lengths = done.lengths
+        if inverse is not None:
+            ids = ids.take(pa.array(inverse))
+            lengths = lengths[inverse]
+        yield [pa.RecordBatch.from_arrays([
+            part.column("chunk_id"),
+            part.column("doc_id"),
+            part.column("text_hash"),
+            pa.array(lengths.astype(np.int32, copy=False)),
+            ids,
+            pa.array(rows),
+        ], schema=_RUN_SCHEMA), len(done.lengths)]
