@@ -31,7 +31,7 @@ from embedding_assets.lib.storage.uri import is_object_store, local_path
 # scan of a large partition decode 100 MB at once.
 ROW_GROUP_ROWS = 8_192
 TARGET_FILE_BYTES = 32 << 20
-ROW_GROUP_BYTES = 64 << 20  # a row group also ends at this many bytes (raw_documents' long texts)
+ROW_GROUP_BYTES = 16 << 20  # a row group also ends at this many bytes: long texts (raw_documents, chunks) stay in small groups, so a streaming reader decodes ~16 MB at a time
 # delta-rs re-reads the log and retries a commit that raced a non-conflicting one (another partition).
 COMMIT_RETRIES = 10
 # String statistics are prefixes, as Delta writers keep them: a long text column's full min/max in
