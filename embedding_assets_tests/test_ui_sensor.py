@@ -173,3 +173,26 @@ def test_a_deleted_file_runs_the_batch_and_its_rows_leave_every_table(dirs, inst
         doc_ids = lake.read_partition(dirs["lake"], table, "b1", columns=["doc_id"]).column("doc_id").to_pylist()
         assert doc_ids and "notes.md" not in doc_ids, table
     assert isinstance(_tick(instance)[0], dg.SkipReason)
+
+
+def test_a_batch_whose_files_are_all_deleted_ends_with_every_table_empty(dirs, instance):
+    """Issue: an emptied batch left searchable vectors. Now the sensor runs it and every partition empties in order."""
+    from embedding_assets.lib import lake
+
+    batch_dir = os.path.join(dirs["landing"], "b1")
+    write_corpus(batch_dir)
+    instance.add_dynamic_partitions("batches", ["b1"])
+    materialize_assets(dirs, instance, "b1")
+    tables = ["raw_documents", "rejected_documents", "chunks", "length_buckets", "embeddings", "document_embeddings"]
+    assert all(lake.read_partition(dirs["lake"], t, "b1").num_rows for t in tables)
+
+    for folder, _, names in os.walk(batch_dir):
+        for name in names:
+            os.remove(os.path.join(folder, name))
+    result, _ = _tick(instance)
+    assert _requested(result) == ["b1"]
+    run = materialize_assets(dirs, instance, "b1")  # what the requested run does
+    for table in tables:
+        assert lake.read_partition(dirs["lake"], table, "b1").num_rows == 0, table
+    assert all(check.passed for check in run.get_asset_check_evaluations())
+    assert isinstance(_tick(instance)[0], dg.SkipReason)

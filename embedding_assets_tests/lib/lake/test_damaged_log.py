@@ -122,10 +122,12 @@ def test_damaged_and_missing_logs_on_s3_are_refused(s3):
 def test_only_commits_after_the_last_checkpoint_are_replayed_and_checked(tmp_path):
     root = str(tmp_path)
     log = table_with_two_batches(root)
-    lake.open_table(root, "t").create_checkpoint()  # version 1
+    table = lake.open_table(root, "t")
+    table.create_checkpoint()
+    checkpoint = table.version()
     lake.replace_partition(root, "t", "C", pa.table({"batch": ["C"], "n": [1]}))
     lake.replace_partition(root, "t", "D", pa.table({"batch": ["D"], "n": [1]}))
-    open(commit(log, 0), "wb").close()  # before the checkpoint: delta-rs never reads it again
+    open(commit(log, checkpoint - 1), "wb").close()  # before the checkpoint: delta-rs never reads it again
     assert lake.partitions(root, "t") == ["A", "B", "C", "D"]
-    open(commit(log, 2), "wb").close()  # after it, under the latest: refused
-    assert_refused_and_untouched(root, log, r"its commit of version 2 .* is empty \(0 bytes\)")
+    open(commit(log, checkpoint + 1), "wb").close()  # after it, under the latest: refused
+    assert_refused_and_untouched(root, log, rf"its commit of version {checkpoint + 1} .* is empty \(0 bytes\)")
