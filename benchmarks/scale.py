@@ -50,34 +50,11 @@ TARGET_MB = 300
 MB = 1 << 20
 
 
-def tiny_model(folder: Path, hidden: int = 32) -> str:
-    """A 1-layer random-weight BERT with the bundled tokenizer, as a sentence-transformers folder."""
-    if (folder / "modules.json").exists():
-        return str(folder)
-    import torch
-    from sentence_transformers import SentenceTransformer
+def tiny_model(folder: Path) -> str:
+    """A 1-layer, hidden-32 random-weight BERT with the bundled tokenizer (memory.py builds it)."""
+    from benchmarks.memory import tiny_model as build
 
-    try:
-        from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-    except ImportError:  # older sentence-transformers
-        from sentence_transformers.models import Normalize, Pooling, Transformer
-    from transformers import BertConfig, BertModel
-
-    from embedding_assets.lib.encoders import resolve_model
-
-    bundled = Path(resolve_model("bundled"))
-    raw = folder.with_name(folder.name + "-hf")
-    raw.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2, intermediate_size=hidden, max_position_embeddings=512)
-    BertModel(config).save_pretrained(raw)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        if (bundled / name).exists():
-            shutil.copy(bundled / name, raw / name)
-    transformer = Transformer(str(raw), max_seq_length=256)
-    SentenceTransformer(modules=[transformer, Pooling(hidden, "mean"), Normalize()], device="cpu").save(str(folder))
-    shutil.rmtree(raw, ignore_errors=True)
-    return str(folder)
+    return build(folder, hidden=32, layers=1, heads=2, intermediate=32)
 
 
 def vocabulary():
