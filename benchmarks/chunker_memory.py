@@ -46,7 +46,7 @@ def child(impl: str, mb: float, max_tokens: int, overlap: int, corpus_path: str)
     with open(corpus_path, encoding="utf-8") as handle:  # one text for every run (pydoc shows addresses)
         text = document(handle.read(), int(mb * 1_000_000))
     if impl == "old":
-        from embedding_assets_tests.test_chunking import reference_split
+        from embedding_assets_tests.lib.test_chunking import reference_split
 
         def run(t):
             return [c[4] for c in reference_split(tokenizer, max_tokens, overlap, t)]

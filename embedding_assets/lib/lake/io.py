@@ -385,19 +385,36 @@ def transaction_version(root: str, name: str, app_id: str) -> int:
 
 
 def delete_partition(root: str, name: str, batch: str, extra_predicate: str | None = None) -> None:
-    if not exists(root, name):
-        return
     predicate = f"batch = '{validate_batch(batch)}'" + (f" AND ({extra_predicate})" if extra_predicate else "")
-    open_table(root, name).delete(predicate, commit_properties=writer.commit_properties())
+    _on_fresh_snapshot(root, name, lambda table: table.delete(predicate, commit_properties=writer.commit_properties()))
 
 
 def compact_partition(root: str, name: str, batch: str) -> dict:
-    if not exists(root, name):
-        return {}
-    return open_table(root, name).optimize.compact(
-        partition_filters=[("batch", "=", validate_batch(batch))], target_size=writer.TARGET_FILE_BYTES,
+    validate_batch(batch)
+    result = _on_fresh_snapshot(root, name, lambda table: table.optimize.compact(
+        partition_filters=[("batch", "=", batch)], target_size=writer.TARGET_FILE_BYTES,
         max_concurrent_tasks=1, writer_properties=_writer_properties(),
-    )
+    ))
+    return result or {}
+
+
+def _on_fresh_snapshot(root: str, name: str, operation):
+    """Runs a partition-local, repeatable operation (a delete, a compaction) on the table's latest
+    version; a commit refused because of another writer's concurrent commit is run again on the new
+    version, at most COMMIT_RETRIES times. None when there is no table."""
+    from deltalake.exceptions import CommitFailedError
+
+    for attempt in range(writer.COMMIT_RETRIES):
+        table = _open_if_exists(root, name)
+        if table is None:
+            return None
+        try:
+            return operation(table)
+        except CommitFailedError:
+            if attempt == writer.COMMIT_RETRIES - 1:
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return None
 
 
 def vacuum(root: str, name: str, retention_hours: int) -> list[str]:

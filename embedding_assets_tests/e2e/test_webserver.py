@@ -19,7 +19,7 @@ import dagster as dg
 
 from embedding_assets_tests.conftest import materialize_assets, write_corpus
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TABLES = {"raw_documents", "rejected_documents", "chunks", "length_buckets", "embeddings", "document_embeddings"}
 ENTRIES = (
     "metadataEntries { label "

@@ -31,7 +31,7 @@ import yaml
 
 from embedding_assets.defs import deployment
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "k8s"
 VALUES = K8S / "values.yaml"
 README = K8S / "README.md"
