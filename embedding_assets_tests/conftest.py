@@ -8,6 +8,9 @@ import pydoc
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite's stages run on tiny batches, where starting a process pool costs more than the work:
+# they chunk and tokenize inline. The parallel paths have their own tests (workers=2, explicitly).
+os.environ.setdefault("EMBEDDING_CPU_WORKERS", "1")
 
 
 def write_corpus(batch_dir, extra: dict | None = None) -> dict:

@@ -20,7 +20,9 @@ import contextlib
 import itertools
 import multiprocessing
 import os
+import pickle
 import sys
+import tempfile
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
@@ -62,11 +64,20 @@ def ordered_map(
             yield fn(item)
         return
     limit = max(1, max_in_flight if max_in_flight is not None else 2 * workers)
+    # The initializer's arguments (a tokenizer's JSON is ~700 KB) reach each worker through a file:
+    # "spawn" writes a worker's start-up data into a pipe that the worker reads, and a worker that
+    # died before reading more than the pipe holds would block that write forever instead of
+    # breaking the pool with an error.
+    init_file = None
+    if initializer is not None:
+        init_file = tempfile.NamedTemporaryFile(prefix="embedding-assets-init-", suffix=".pickle", delete=False)
+        with init_file:
+            pickle.dump((initializer, initargs), init_file, protocol=pickle.HIGHEST_PROTOCOL)
     pool = ProcessPoolExecutor(
         max_workers=workers,
         mp_context=multiprocessing.get_context(context),
-        initializer=initializer,
-        initargs=initargs,
+        initializer=_initialize_from_file if init_file else None,
+        initargs=(init_file.name,) if init_file else (),
     )
     pending: deque = deque()
     plain = fn.__module__ != "__main__" and getattr(initializer, "__module__", None) != "__main__"
@@ -82,6 +93,16 @@ def ordered_map(
         for future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+        if init_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(init_file.name)
+
+
+def _initialize_from_file(path: str) -> None:
+    """A pool worker's initializer: the real one and its arguments, read from `path`."""
+    with open(path, "rb") as handle:
+        initializer, initargs = pickle.load(handle)
+    initializer(*initargs)
 
 
 @contextlib.contextmanager

@@ -8,11 +8,10 @@ lists the batches of a landing area and downloads an object-storage batch for th
 from embedding_assets.lib.storage.credentials import delta_storage_options, filesystem, redact, redacted_error, redactor
 from embedding_assets.lib.storage.landing import (
     READY_MARKER,
-    BatchInfo,
-    LandedBatch,
+    BatchState,
+    batch_fingerprint,
+    batch_states,
     download_batch_with_reasons,
-    landed_batches,
-    list_batches,
     new_batches,
 )
 from embedding_assets.lib.storage.names import BATCH_NAME, validate_batch
@@ -21,14 +20,13 @@ from embedding_assets.lib.storage.uri import is_object_store, local_path, scheme
 __all__ = [
     "BATCH_NAME",
     "READY_MARKER",
-    "BatchInfo",
-    "LandedBatch",
+    "BatchState",
+    "batch_fingerprint",
+    "batch_states",
     "delta_storage_options",
     "download_batch_with_reasons",
     "filesystem",
     "is_object_store",
-    "landed_batches",
-    "list_batches",
     "local_path",
     "new_batches",
     "redact",

@@ -1,14 +1,14 @@
 """Landing areas: one folder (or object-storage prefix) per batch under the landing root.
 
-- `list_batches(landing_root)`: the batches of a landing area, local or in object storage, with the
-  newest modification time of anything in them, whether they hold a `_READY` marker, and how many
-  files the readers will consider.
-- `landed_batches` / `new_batches`: which of them are valid batch names and ready. A batch is ready
-  once it holds a `_READY` marker, or once none of its files changed for the settle time, so a batch
-  still being copied in is not picked up half-written.
-- `batch_states(landing_root)` / `batch_fingerprint(landing_root, batch)`: each batch's content
-  fingerprint (names, sizes and ctime/mtime/inode of its files, or size and last-modified time in
-  object storage), which the landing sensor compares with what was last ingested.
+- `batch_states(landing_root)` / `batch_fingerprint(landing_root, batch)`: every batch of a landing
+  area, local or in object storage, with its content fingerprint (names, sizes and
+  ctime/mtime/inode of its files, or size and last-modified time in object storage), which the
+  landing sensor compares with what was last ingested; how many files the readers will consider;
+  when anything under it last changed; whether it holds a `_READY` marker; and the folders that
+  can never be batches (bad names, links).
+- `new_batches`: the ones an instance does not know yet that are ready to register. A batch is
+  ready once it holds a `_READY` marker, or once nothing in it changed for the settle time, so a
+  batch still being copied in is not picked up half-written.
 - `download_batch_with_reasons(...)`: copies one object-storage batch to a local folder, so that it
   is read with the same reader as a local batch, and says why each file it skipped was skipped.
 
@@ -23,7 +23,6 @@ import stat
 import tempfile
 import time
 import unicodedata
-from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,126 +35,14 @@ READY_MARKER = "_READY"
 _COPY_CHUNK = 1 << 20
 
 
-@dataclass(frozen=True)
-class BatchInfo:
-    """One batch of a landing area."""
-
-    name: str
-    newest_mtime: float  # epoch seconds; the newest file (any file, hidden ones too) under the batch
-    ready_marker: bool  # a `_READY` file directly in the batch
-    n_files: int  # files the reader considers (names starting with '.' or '_' excluded)
-
-    def ready(self, settle_seconds: float, now: float | None = None) -> bool:
-        """Whether the batch has files and is complete: marked `_READY`, or unchanged for `settle_seconds`."""
-        now = time.time() if now is None else now
-        return self.n_files > 0 and (self.ready_marker or now - self.newest_mtime >= settle_seconds)
-
-
-LandedBatch = BatchInfo  # what the sensor calls a batch it found
-
-
-def landed_batches(landing_root: str) -> tuple[list[LandedBatch], list[str]]:
-    """(batches found, folder names that cannot be batch names) under the landing root.
-
-    The landing root is a local folder or an object-storage prefix (s3://, gs://, az://).
-    """
-    found = list(list_batches(landing_root).values())
-    good = sorted((b for b in found if is_batch_name(b.name)), key=lambda b: b.name)
-    bad = sorted(b.name for b in found if not is_batch_name(b.name))
-    return good, bad
-
-
 def new_batches(landing_root: str, known: set[str], settle_seconds: float, now: float | None = None) -> tuple[list[str], list[str], list[str]]:
-    """(ready batches not in `known`, batches still settling, invalid folder names)."""
-    found, bad = landed_batches(landing_root)
-    ready = [b.name for b in found if b.name not in known and b.ready(settle_seconds, now)]
-    waiting = [b.name for b in found if b.name not in known and not b.ready(settle_seconds, now)]
-    return ready, waiting, bad
-
-
-# --- list_batches ----------------------------------------------------------------------------
-
-
-def list_batches(landing_root: str, *, skip: Collection[str] = ()) -> dict[str, BatchInfo]:
-    """The batches of a landing area: immediate sub-folders (local) or sub-prefixes (object storage).
-
-    Names starting with '.' or '_' are not batches. A batch named in `skip` (e.g. one already
-    ingested) is not walked, which keeps a sensor tick cheap on a large landing area. A missing
-    landing root has no batches.
-    """
-    skip = frozenset(skip)
-    if is_object_store(landing_root):
-        return _list_remote_batches(landing_root, skip)
-    if scheme_of(landing_root) not in ("", "file"):
-        raise ValueError(f"unsupported landing URI scheme {scheme_of(landing_root)!r}: use a local folder, s3://, gs:// or az://")
-    return _list_local_batches(local_path(landing_root), skip)
-
-
-def _list_local_batches(root: str, skip: frozenset[str]) -> dict[str, BatchInfo]:
-    try:
-        with os.scandir(root) as it:
-            children = [c for c in it if not is_hidden(c.name) and c.name not in skip and c.is_dir()]
-    except FileNotFoundError:
-        return {}
-    batches: dict[str, BatchInfo] = {}
-    for child in children:
-        newest, n_files = None, 0
-        for dirpath, dirnames, filenames in os.walk(child.path, followlinks=False):
-            rel_parts = os.path.relpath(dirpath, child.path).split(os.sep)
-            inside_hidden = any(is_hidden(p) for p in rel_parts if p != ".")
-            for name in filenames:
-                try:
-                    st = os.lstat(os.path.join(dirpath, name))
-                except OSError:
-                    continue
-                newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
-                if not inside_hidden and not is_hidden(name):
-                    n_files += 1
-            # links to folders are files to the reader (it rejects them or reads them in place)
-            for name in dirnames:
-                path = os.path.join(dirpath, name)
-                try:
-                    st = os.lstat(path)
-                except OSError:
-                    continue
-                if stat.S_ISLNK(st.st_mode):
-                    newest = st.st_mtime if newest is None else max(newest, st.st_mtime)
-        if newest is None:
-            try:
-                newest = os.stat(child.path).st_mtime
-            except OSError:
-                newest = 0.0
-        ready = os.path.isfile(os.path.join(child.path, READY_MARKER))
-        batches[child.name] = BatchInfo(child.name, float(newest), ready, n_files)
-    return batches
-
-
-def _list_remote_batches(landing_root: str, skip: frozenset[str]) -> dict[str, BatchInfo]:
-    from pyarrow import fs
-
-    store, base = filesystem(landing_root)
-    top = store.get_file_info(fs.FileSelector(base, recursive=False, allow_not_found=True))
-    batches: dict[str, BatchInfo] = {}
-    for entry in top:
-        name = entry.path.rstrip("/").rsplit("/", 1)[-1]
-        if entry.type != fs.FileType.Directory or is_hidden(name) or name in skip or not name:
-            continue
-        newest, n_files, ready = None, 0, False
-        prefix = entry.path.rstrip("/")
-        for info in store.get_file_info(fs.FileSelector(prefix, recursive=True, allow_not_found=True)):
-            if info.type != fs.FileType.File:
-                continue
-            rel = info.path[len(prefix) + 1 :]
-            mtime = _epoch(info.mtime)
-            if mtime is not None:
-                newest = mtime if newest is None else max(newest, mtime)
-            if rel == READY_MARKER:
-                ready = True
-            if considered(rel):
-                n_files += 1
-        batches[name] = BatchInfo(name, float(newest if newest is not None else _epoch(entry.mtime) or 0.0), ready, n_files)
-    return batches
-
+    """(batches not in `known` that hold files and have settled, those still settling or empty,
+    folders that cannot be batches), from the same listing the landing sensor uses."""
+    states, bad = batch_states(landing_root)
+    fresh = [s for s in states if s.name not in known]
+    ready = [s.name for s in fresh if s.n_files > 0 and s.settled(settle_seconds, now)]
+    waiting = [s.name for s in fresh if s.name not in ready]
+    return ready, waiting, list(bad)
 
 
 def _epoch(mtime: Any) -> float | None:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from embedding_assets.lib.storage import BatchInfo, download_batch_with_reasons, list_batches
+from embedding_assets.lib.storage import batch_states, download_batch_with_reasons
 
 
 def _touch(path, content=b"x", mtime=None):
@@ -17,7 +17,7 @@ def _touch(path, content=b"x", mtime=None):
         os.utime(path, (mtime, mtime))
 
 
-def test_list_batches_local(tmp_path):
+def test_batch_states_local(tmp_path):
     landing = tmp_path / "landing"
     _touch(landing / "b1" / "a.txt", mtime=1_000)
     _touch(landing / "b1" / "sub" / "b.md", mtime=3_000)
@@ -29,13 +29,14 @@ def test_list_batches_local(tmp_path):
     _touch(landing / "_staging" / "z.txt")
     _touch(landing / ".hidden" / "z.txt")
     _touch(landing / "loose.txt")  # a file at the top is not a batch
-    batches = list_batches(str(landing))
-    assert set(batches) == {"b1", "b2", "empty"}
-    assert batches["b1"] == BatchInfo("b1", 3_000.0, True, 2)
-    assert batches["b2"] == BatchInfo("b2", 9_000.0, False, 1)
+    found, invalid = batch_states(str(landing))
+    batches = {b.name: b for b in found}
+    assert set(batches) == {"b1", "b2", "empty"} and invalid == {}
+    assert (batches["b1"].ready_marker, batches["b1"].n_files) == (True, 2)
+    assert (batches["b2"].ready_marker, batches["b2"].n_files) == (False, 1)
     assert batches["empty"].n_files == 0 and not batches["empty"].ready_marker
-    assert set(list_batches(f"file://{landing}", skip={"b1"})) == {"b2", "empty"}
-    assert list_batches(str(tmp_path / "missing")) == {}
+    assert [b.name for b in batch_states(f"file://{landing}")[0]] == ["b1", "b2", "empty"]
+    assert batch_states(str(tmp_path / "missing")) == ([], {})
     with pytest.raises(ValueError, match="object-storage"):
         download_batch_with_reasons(str(landing), "b1", str(tmp_path / "dest"), 100)
 
@@ -44,7 +45,7 @@ def _put(client, bucket, key, body=b"hello"):
     client.put_object(Bucket=bucket, Key=key, Body=body)
 
 
-def test_list_batches_on_s3(s3):
+def test_batch_states_on_s3(s3):
     client, bucket = s3
     before = time.time() - 5
     _put(client, bucket, "landing/b1/a.txt")
@@ -55,14 +56,13 @@ def test_list_batches_on_s3(s3):
     _put(client, bucket, "landing/_staging/y.txt")
     _put(client, bucket, "landing/top-level-file.txt")
     _put(client, bucket, "elsewhere/b9/z.txt")
-    batches = list_batches(f"s3://{bucket}/landing/")
+    batches = {b.name: b for b in batch_states(f"s3://{bucket}/landing/")[0]}
     assert set(batches) == {"b1", "b2"}
     assert batches["b1"].ready_marker and batches["b1"].n_files == 2
     assert not batches["b2"].ready_marker and batches["b2"].n_files == 1
-    assert all(before <= b.newest_mtime <= time.time() + 5 for b in batches.values())
-    assert set(list_batches(f"s3://{bucket}/landing", skip={"b2"})) == {"b1"}
-    assert list_batches(f"s3://{bucket}/nothing-here") == {}
-    assert set(list_batches(f"s3://{bucket}")) == {"landing", "elsewhere"}  # the bucket root works too
+    assert all(before <= b.last_change <= time.time() + 5 for b in batches.values())
+    assert batch_states(f"s3://{bucket}/nothing-here") == ([], {})
+    assert {b.name for b in batch_states(f"s3://{bucket}")[0]} == {"landing", "elsewhere"}  # the bucket root works too
 
 
 def test_download_batch_from_s3_then_read_it(s3, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embedding_assets.lib.storage import BATCH_NAME, validate_batch
-from embedding_assets.lib.storage.landing import landed_batches
+from embedding_assets.lib.storage.landing import batch_states
 
 
 @pytest.mark.parametrize("name", ["b1", "2024-05-01", "a.b_c=d-e", "x" * 128])
@@ -28,6 +28,6 @@ def test_landing_folders_follow_the_same_rule(tmp_path):
     for name in ("good", "bad name", "a\n"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "doc.txt").write_text("text")
-    found, invalid = landed_batches(str(tmp_path))
+    found, invalid = batch_states(str(tmp_path))
     assert [batch.name for batch in found] == ["good"]
-    assert invalid == ["a\n", "bad name"]
+    assert sorted(invalid) == ["a\n", "bad name"]
