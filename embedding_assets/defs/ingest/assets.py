@@ -20,6 +20,7 @@ from embedding_assets.lib import lake as delta
 from embedding_assets.lib import catalog, stages
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.storage.landing import batch_fingerprint
+from embedding_assets.lib.storage.names import validate_batch
 
 with warnings.catch_warnings():  # partitioned checks are a preview feature of Dagster 1.13
     warnings.simplefilter("ignore", dg.PreviewWarning)
@@ -67,6 +68,10 @@ def ingest(context: dg.AssetExecutionContext, lake: LakeResource):
         context.log.info(f"checking rejected_documents {batch}: {rejected} rejected, {documents} read")
         yield _reject_check(batch, documents, rejected, lake.reject_threshold)
         return
+    try:
+        validate_batch(batch)
+    except ValueError as exc:  # a partition no landing folder can have: no retry will help
+        raise _failure(str(exc), {"batch": repr(batch)}) from None
     fingerprint = batch_fingerprint(landing, batch)
     context.log.info(f"ingesting batch {batch} from {landing} (landing fingerprint {fingerprint})")
     failure = None

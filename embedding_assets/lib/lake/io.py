@@ -169,7 +169,7 @@ def _find_damaged_commit(root: str, name: str, error: Exception) -> None:
             raise DamagedTable(_damaged(root, name, version, f"{problem}; delta-rs: {str(error).splitlines()[0]}")) from error
 
 
-def _reopen_after_concurrent_create(uri: str, options, attempts: int = 5, pause: float = 0.1):
+def _reopen_after_concurrent_create(uri: str, options, attempts: int = 3, pause: float = 0.05):
     """The table, where a concurrent first write committed its log between our two looks; else None."""
     from deltalake import DeltaTable
     from deltalake.exceptions import TableNotFoundError
