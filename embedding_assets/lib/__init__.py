@@ -1,6 +1,7 @@
 """The core of embedding_assets, with no Dagster imports.
 
-Everything here runs on a machine that has only torch, transformers, tokenizers and pyarrow
-(a GPU node, a benchmark box): ingest, chunking, bucketing, batching, the encoder engine and
-the Delta read/write helpers (the last two import deltalake/polars lazily).
+`encoders` (the engine and its backends) imports only numpy, tokenizers and, when a model loads,
+torch or onnxruntime, so a GPU node or a benchmark box with torch, transformers and pyarrow can
+run it. The rest (readers, storage, lake, stages, sinks) adds pyarrow and deltalake. See README
+"Architecture" for the layout.
 """

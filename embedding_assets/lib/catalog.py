@@ -16,7 +16,7 @@ import pyarrow as pa
 DESCRIPTIONS: dict[str, dict[str, str]] = {
     "raw_documents": {
         "batch": "The landed batch (partition key): the folder or prefix the document came from.",
-        "doc_id": "Stable id: the file's path inside the batch folder, or path#id for a record of a .jsonl, .csv or .parquet file.",
+        "doc_id": "Stable id: the file's path inside the batch folder (% and # percent-encoded), or path#id for a record of a .jsonl, .csv or .parquet file.",
         "source": "The file the document was read from, relative to the batch folder.",
         "text": "The document's text, decoded as UTF-8 (invalid bytes replaced and flagged).",
         "content_hash": "Hash of the text: a changed document gets a new hash.",
