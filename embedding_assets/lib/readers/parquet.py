@@ -29,6 +29,7 @@ from embedding_assets.lib.readers.base import (
     LandedFile,
     Rejection,
     format_cap,
+    over_cap_after_decoding,
     over_document_cap,
 )
 from embedding_assets.lib.readers.records import Records, columns_problem, record_id_of

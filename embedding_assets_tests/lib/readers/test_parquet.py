@@ -55,6 +55,19 @@ def test_parquet_over_the_cap(tmp_path: Path) -> None:
     assert "exceeds the 1000000-byte cap" in rejection(items, "big.parquet.gz").reason
 
 
+def test_parquet_declaring_more_than_the_cap_is_rejected_by_its_footer(tmp_path: Path) -> None:
+    """Plain-encoded, compressed text: a 2 KB file whose footer declares 5 MB of column data."""
+    import pyarrow.parquet as pq
+
+    batch = tmp_path / "b"
+    batch.mkdir()
+    table = pa.table({"id": list(range(100)), "text": [f"{i} " + "a" * 50_000 for i in range(100)]})
+    pq.write_table(table, batch / "plain.parquet", use_dictionary=False, compression="zstd")
+    items = read(batch, max_file_bytes=1_000_000)
+    assert documents(items) == {}
+    assert "exceeds the 1000000-byte cap" in rejection(items, "plain.parquet").reason
+
+
 _BOMB_CHILD = """
 import json, resource, sys
 from embedding_assets.lib.readers import Document, read_batch
