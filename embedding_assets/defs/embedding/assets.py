@@ -145,15 +145,7 @@ def document_embeddings(context: dg.AssetExecutionContext, lake: LakeResource) -
     with damage_is_final():
         result = stages.document_vectors(lake_root, batch, log=context.log.info)
     progress(context, "document_embeddings", result, "documents", "chunks")
-    return dg.MaterializeResult(metadata=table_metadata(result, tables.DOCUMENTS, lake_root, batch, _dimension(lake_root, batch)))
-
-
-def _dimension(lake_root: str, batch: str) -> int:
-    """The vector length of a document_embeddings partition (0 if it is empty), from one row."""
-    for record_batch in delta.scan_partition(lake_root, tables.DOCUMENTS, batch, columns=["embedding"], batch_size=1):
-        if record_batch.num_rows:
-            return len(record_batch.column(0)[0])
-    return 0
+    return dg.MaterializeResult(metadata=table_metadata(result, tables.DOCUMENTS, lake_root, batch, result["dimension"]))
 
 
 ASSETS = [chunks, length_buckets, embeddings, document_embeddings]

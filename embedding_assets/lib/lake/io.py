@@ -378,9 +378,8 @@ def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, 
 
 def transaction_version(root: str, name: str, app_id: str) -> int:
     """The last committed version of an application transaction, or -1."""
-    if not exists(root, name):
-        return -1
-    version = open_table(root, name).transaction_version(app_id)
+    table = _open_if_exists(root, name)
+    version = None if table is None else table.transaction_version(app_id)
     return -1 if version is None else int(version)
 
 
@@ -419,12 +418,12 @@ def _on_fresh_snapshot(root: str, name: str, operation):
 
 def vacuum(root: str, name: str, retention_hours: int) -> list[str]:
     """Deletes data files that left the table more than `retention_hours` ago."""
-    if not exists(root, name):
+    table = _open_if_exists(root, name)
+    if table is None:
         return []
-    return open_table(root, name).vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
+    return table.vacuum(retention_hours=retention_hours, enforce_retention_duration=False, dry_run=False)
 
 
 def partitions(root: str, name: str) -> list[str]:
-    if not exists(root, name):
-        return []
-    return sorted({p["batch"] for p in open_table(root, name).partitions()})
+    table = _open_if_exists(root, name)
+    return [] if table is None else sorted({p["batch"] for p in table.partitions()})

@@ -84,7 +84,7 @@ def document_vectors(lake_root: str, batch: str, log: Log = print) -> dict:
         lake.replace_partition(lake_root, tables.DOCUMENTS, batch, pa.RecordBatchReader.from_batches(schema, documents()))
     if not stats["chunks"]:
         log(f"embeddings has no rows for batch {batch!r}: wrote an empty document_embeddings partition")
-    return {**stats, "model": model, "empty_upstream": not stats["chunks"], "duration_s": time.perf_counter() - started}
+    return {**stats, "model": model, "dimension": dimension or 0, "empty_upstream": not stats["chunks"], "duration_s": time.perf_counter() - started}
 
 
 def _sort_key(part: pa.RecordBatch) -> list[np.ndarray]:

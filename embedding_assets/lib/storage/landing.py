@@ -29,7 +29,7 @@ from typing import Any
 from embedding_assets.lib.readers.registry import considered, is_hidden, max_stored_bytes
 from embedding_assets.lib.storage.credentials import filesystem, redact
 from embedding_assets.lib.storage.names import is_batch_name, validate_batch
-from embedding_assets.lib.storage.uri import is_object_store, local_path, scheme_of
+from embedding_assets.lib.storage.uri import is_object_store, local_path
 
 READY_MARKER = "_READY"
 _COPY_CHUNK = 1 << 20
