@@ -73,7 +73,7 @@ def main() -> int:
     from embedding_assets.definitions import ASSETS
     from embedding_assets.defs.embedding.resources import ModelResource
     from embedding_assets.defs.resources import LakeResource
-    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib import lake
     from embedding_assets.lib.lake import tables
 
     docs = documents(args.docs, args.chars)

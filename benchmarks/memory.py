@@ -95,7 +95,6 @@ def build_partition(workdir: Path, batch: str, n: int, model: str, seed: int = 0
     import numpy as np
 
     from embedding_assets.lib import stages
-    from embedding_assets.lib.lake import tables
     from embedding_assets.lib.encoders import load_tokenizer
 
     landing, lake_root = workdir / "landing", workdir / "lake"
@@ -145,7 +144,6 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     from embedding_assets.lib import stages
-    from embedding_assets.lib.lake import tables
     from embedding_assets.lib.encoders import build_engine
 
     phase["name"] = "load model"
@@ -235,7 +233,7 @@ def main(argv=None) -> int:
     for n in sizes:
         batch = f"m{n}"
         if (workdir / "lake" / "length_buckets").exists() and (workdir / "landing" / batch).exists():
-            from embedding_assets.lib import lake, stages
+            from embedding_assets.lib import lake
             from embedding_assets.lib.lake import tables
 
             info = lake.read_partition(str(workdir / "lake"), tables.BUCKETS, batch, columns=["n_tokens"])

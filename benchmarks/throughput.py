@@ -81,7 +81,6 @@ def cpu_name() -> str:
 def prepare(workdir: Path, model: str, modules: int | None, max_tokens: int, overlap: int) -> dict:
     """Lands the demo corpus and runs raw_documents, chunks and length_buckets into workdir/lake."""
     from embedding_assets.lib import stages
-    from embedding_assets.lib.lake import tables
     from embedding_assets.lib.demo import MODULES, build_demo_corpus
     from embedding_assets.lib.encoders import load_tokenizer
 
@@ -108,7 +107,7 @@ def load_corpus(workdir: Path) -> dict:
     """The chunks in file order (texts) and the length-sorted token ids from length_buckets."""
     import pyarrow.parquet as pq
 
-    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib import lake
     from embedding_assets.lib.lake import tables
 
     lake_root = workdir / "lake"
@@ -284,7 +283,7 @@ def in_process(corpus: dict, workdir: Path, model: str, budget: int, rounds: int
 # ---------------------------------------------------------------- end to end (whole processes)
 
 def end_to_end(corpus: dict, workdir: Path, model: str, budget: int, rounds: int, backends: list[str], cache_dir: str, log=print) -> dict:
-    from embedding_assets.lib import lake, stages
+    from embedding_assets.lib import lake
     from embedding_assets.lib.lake import tables
     from embedding_assets.lib.encoders import resolve_model
 

@@ -13,7 +13,7 @@ from embedding_assets.defs.embedding import resources as resources_module
 from embedding_assets.definitions import ASSETS
 from embedding_assets.defs.embedding.resources import ModelResource
 from embedding_assets.defs.resources import LakeResource
-from embedding_assets.lib import lake, stages
+from embedding_assets.lib import lake
 from embedding_assets.lib.lake import tables
 from embedding_assets_tests.conftest import materialize_assets, write_corpus
 

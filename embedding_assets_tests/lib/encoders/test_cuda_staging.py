@@ -10,7 +10,6 @@ is never rewritten before its previous copy finished, and the order of stage / l
 import contextlib
 
 import numpy as np
-import pytest
 
 from embedding_assets.lib.batching import collate
 from embedding_assets.lib.encoders.engine import EncoderEngine, EngineStats

@@ -5,7 +5,6 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 
 from embedding_assets.lib.encoders import tuning
 from embedding_assets.lib.batching import DEFAULT_TOKEN_BUDGET

@@ -64,7 +64,7 @@ def test_documents_over_the_character_cap_are_rejected_with_their_size(tmp_path:
     """Issue 13 #3: every format enforces EMBEDDING_MAX_DOCUMENT_CHARS; the reason names the size."""
     import pyarrow as pa
 
-    from embedding_assets_tests.lib.readers.helpers import jsonl, parquet_bytes
+    from embedding_assets_tests.lib.readers.helpers import parquet_bytes
 
     cap = 100
     batch = tmp_path / "b"
