@@ -22,6 +22,7 @@ import time
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 
 import dagster as dg
@@ -104,7 +105,13 @@ def assert_one_vector_per_chunk(lake_root: str, batch: str = BATCH) -> None:
 
 
 def staging_rows(lake_root: str, batch: str = BATCH) -> pa.Table | None:
-    return lake.read_partition(lake_root, tables.STAGING, batch, columns=["text_hash", "model"])
+    """The checkpointed rows (text_hash, model) of the partition: the data files its checkpoint
+    records name, read as they are (no Delta reader sees them); None before the first checkpoint."""
+    records = lake.read_partition(lake_root, tables.STAGING, batch, columns=["path"])
+    if records is None:
+        return None
+    parts = [pq.read_table(os.path.join(lake_root, tables.EMBEDDINGS, path), columns=["text_hash", "model"]) for path in records.column("path").to_pylist()]
+    return pa.concat_tables(parts) if parts else pa.table({"text_hash": pa.array([], pa.string()), "model": pa.array([], pa.string())})
 
 
 def quiet(message: str) -> None:
@@ -191,12 +198,16 @@ def test_commit_failing_after_its_data_file_was_written_leaves_no_duplicates(dir
     the retry embeds only what the earlier commits did not hold."""
     prepare(dirs, {f"d{i}.txt": prose(100 + i, 2) for i in range(12)})
     staging_appends = []
+    checkpoint_files = []
     left_behind = []
     folder = os.path.join(dirs["lake"], tables.STAGING, f"batch={BATCH}")
 
     def crash_before_commit(self, actions, mode, *args, **kwargs):
         if _is_staging_append(self, mode):
-            staging_appends.append(sum(json.loads(a.stats)["numRecords"] for a in actions))
+            # A checkpoint's record: one row per data file (its rows are counted from the file it names).
+            recorded = [pq.read_table(os.path.join(dirs["lake"], tables.STAGING, a.path)) for a in actions]
+            staging_appends.append(sum(pc.sum(r.column("num_rows")).as_py() for r in recorded))
+            checkpoint_files.append([p for r in recorded for p in r.column("path").to_pylist()])
             if len(staging_appends) == 2:
                 left_behind.extend(a.path for a in actions)
                 assert all(os.path.exists(os.path.join(dirs["lake"], tables.STAGING, path)) for path in left_behind)
@@ -209,6 +220,9 @@ def test_commit_failing_after_its_data_file_was_written_leaves_no_duplicates(dir
     monkeypatch.setattr(deltalake.DeltaTable, "create_write_transaction", REAL_COMMIT)
 
     assert left_behind and not any(os.path.exists(os.path.join(dirs["lake"], tables.STAGING, p)) for p in left_behind)
+    # The failed checkpoint's data files in the embeddings partition's folder are gone too; the first one's stay.
+    assert checkpoint_files[1] and not any(os.path.exists(os.path.join(dirs["lake"], tables.EMBEDDINGS, p)) for p in checkpoint_files[1])
+    assert {os.path.basename(p) for p in checkpoint_files[0]} == _parquet_files(os.path.join(dirs["lake"], tables.EMBEDDINGS, f"batch={BATCH}"))
     committed = staging_rows(dirs["lake"])
     assert committed.num_rows == staging_appends[0]
     fingerprint = engine().fingerprint
@@ -241,11 +255,13 @@ def test_commit_that_landed_but_raised_is_not_written_again(dirs, monkeypatch):
     assert result["commits"] >= 3 and len(staging_appends) == result["commits"]
     assert_one_vector_per_chunk(dirs["lake"])
 
-    # The staging table just before its rows were cleared: every text once.
+    # The checkpoint records just before they were cleared: one per checkpoint file, every text once
+    # (one-chunk documents: a row per text).
     table = lake.open_table(dirs["lake"], tables.STAGING)
     table.load_as_version(table.version() - 1)
-    staged = table.to_pyarrow_table(columns=["text_hash"])
-    assert staged.num_rows == result["distinct_texts"] == len(set(staged.column("text_hash").to_pylist()))
+    records = table.to_pyarrow_table(columns=["path", "num_rows"])
+    assert records.num_rows == result["commits"] == len(set(records.column("path").to_pylist()))
+    assert pc.sum(records.column("num_rows")).as_py() == result["distinct_texts"]
 
 
 def test_append_with_a_transaction_id_is_exactly_once(dirs, monkeypatch):

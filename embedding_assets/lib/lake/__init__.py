@@ -12,6 +12,7 @@ from embedding_assets.lib.lake.io import (
     DamagedTable,
     append,
     compact_partition,
+    create_table,
     dataset,
     delete_partition,
     exists,
@@ -30,7 +31,7 @@ from embedding_assets.lib.lake.locks import PartitionBusy, partition_lock
 from embedding_assets.lib.lake.writer import ROW_GROUP_ROWS
 
 __all__ = [
-    "DamagedTable", "PartitionBusy", "ROW_GROUP_ROWS", "append", "compact_partition", "dataset", "delete_partition", "exists",
+    "DamagedTable", "PartitionBusy", "ROW_GROUP_ROWS", "append", "compact_partition", "create_table", "dataset", "delete_partition", "exists",
     "open_table", "partition_lock", "partitions", "read_partition", "read_table", "replace_partition",
     "scan_partition", "storage_options", "table_uri", "tables", "transaction_version", "vacuum",
 ]

@@ -344,6 +344,11 @@ def _conform(data: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=pa.schema(fields, metadata=data.schema.metadata))
 
 
+def create_table(root: str, name: str, schema: pa.Schema) -> None:
+    """Creates the table with no rows (in the types Delta stores for `schema`) if it does not exist."""
+    _create_empty(root, name, writer.delta_schema(schema))
+
+
 def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
     """Creates the table with no rows if it does not exist; a concurrent creator wins the race."""
     from deltalake import write_deltalake

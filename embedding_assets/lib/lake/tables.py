@@ -11,7 +11,9 @@ REJECTED = "rejected_documents"
 CHUNKS = "chunks"
 BUCKETS = "length_buckets"
 EMBEDDINGS = "embeddings"
-STAGING = "_embeddings_staging"  # checkpoints of a run of the embeddings stage, before the swap
+# The checkpoints of runs of the embeddings stage: one row per data file written into the embeddings
+# partition's folder and not yet published (see `sinks.delta`).
+STAGING = "_embeddings_checkpoints"
 DOCUMENTS = "document_embeddings"
 
 TS = pa.timestamp("us", tz="UTC")
@@ -73,15 +75,18 @@ def embeddings_schema(dimension: int) -> pa.Schema:
     ])
 
 
-def staging_schema(dimension: int) -> pa.Schema:
-    """Vectors committed during a run, one per distinct text, before the partition is swapped in."""
-    return pa.schema([
-        ("batch", pa.string()),
-        ("text_hash", pa.string()),
-        ("embedding", pa.list_(pa.float32(), dimension)),
-        ("model", pa.string()),
-        ("embedded_at", TS),
-    ])
+# One row per checkpointed data file of the embeddings table: its path in the table, its size, row
+# count and Delta statistics (its add action, once published), and the fingerprint of its vectors.
+STAGING_SCHEMA = pa.schema([
+    ("batch", pa.string()),
+    ("model", pa.string()),
+    ("path", pa.string()),
+    ("size_bytes", pa.int64()),
+    ("num_rows", pa.int64()),
+    ("stats", pa.string()),
+    ("modification_time", pa.int64()),
+    ("written_at", TS),
+])
 
 
 def document_embeddings_schema(dimension: int) -> pa.Schema:

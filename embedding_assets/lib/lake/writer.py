@@ -8,7 +8,12 @@ at TARGET_FILE_BYTES, and nothing else is held: memory is one row group.
 
 Each file's Delta statistics come from the Parquet footer pyarrow just wrote, and the files are
 committed as raw add actions in one transaction, after checking that the table asks for no
-feature these plain files lack (deletion vectors, column mapping, ...).
+feature these plain files lack (deletion vectors, column mapping, ...). Files written earlier and
+kept uncommitted (the embeddings stage's checkpoints) can join that commit as they are (`kept`).
+
+Vector columns are written uncompressed (random floats do not compress: snappy only costs CPU)
+and as Arrow produced them (a fixed-size list is the same Parquet LIST as a list); the files carry
+no Arrow schema of their own, so every reader takes the Delta schema's types.
 """
 
 from __future__ import annotations
@@ -120,13 +125,26 @@ def write_partition(uri: str, options: dict | None, name: str, batch: str, batch
     commit_files(files, mode=mode, app_transaction=app_transaction)
 
 
+def write_files(files: "PartitionFiles", batches: Iterable[pa.RecordBatch]) -> "PartitionFiles":
+    """Writes record batches as data files of `files` (closed at the end, not committed); on an
+    error every file it wrote is deleted."""
+    try:
+        for record_batch in batches:
+            files.write(record_batch)
+        files.close()
+    except BaseException:
+        files.discard()
+        raise
+    return files
+
+
 class PartitionFiles:
     """Writes one partition's rows as data files of a table, to be committed by `commit_files`."""
 
-    def __init__(self, uri: str, options: dict | None, name: str, batch: str):
+    def __init__(self, uri: str, options: dict | None, name: str, batch: str, *, table=None, row_group_rows: int | None = None, file_bytes: int | None = None):
         from deltalake import DeltaTable
 
-        table = DeltaTable(uri, storage_options=options)
+        table = table if table is not None else DeltaTable(uri, storage_options=options)
         check_protocol(table, name)
         partition_columns = list(table.metadata().partition_columns)
         if partition_columns != ["batch"]:
@@ -136,11 +154,15 @@ class PartitionFiles:
         self.file_schema = pa.schema([f for f in self.table_schema if f.name != "batch"])
         self.filesystem = _table_filesystem(uri, options)
         self.run = uuid.uuid4()
+        self.serial = 0
         self.actions: list = []
         self.paths: list[str] = []
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
         self.pending_bytes = 0
+        self.row_group_rows = row_group_rows or ROW_GROUP_ROWS
+        self.file_bytes = file_bytes or TARGET_FILE_BYTES
+        self.kept: list = []  # add actions of files written before, committed as they are
         self.file: dict = {}
 
     def open_table(self):
@@ -155,10 +177,13 @@ class PartitionFiles:
             values = pc.unique(record_batch.column("batch")).to_pylist()
             if values != [self.batch]:
                 raise ValueError(f"rows for partition {values} in a write of partition {self.batch!r} of {self.name}")
-        self.pending.append(_conform(record_batch, self.file_schema, self.name))
+        conformed = _conform(record_batch, self.file_schema, self.name)
+        if self.pending and conformed.schema != self.pending[0].schema:
+            conformed = conformed.cast(self.pending[0].schema)  # a vector column as list here, fixed-size there
+        self.pending.append(conformed)
         self.pending_rows += record_batch.num_rows
         self.pending_bytes += record_batch.nbytes
-        if self.pending_rows >= ROW_GROUP_ROWS or self.pending_bytes >= ROW_GROUP_BYTES:
+        if self.pending_rows >= self.row_group_rows or self.pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def close(self) -> None:
@@ -166,6 +191,13 @@ class PartitionFiles:
             self._flush()
         if self.file:
             self._finish_file()
+
+    def take_actions(self) -> list:
+        """The add actions of the files closed so far, handed over (this writer forgets them: it
+        will neither commit nor discard them)."""
+        actions, self.actions = self.actions, []
+        self.paths = [self.file["path"]] if self.file else []
+        return actions
 
     def discard(self) -> None:
         """Deletes every data file this writer created (none of them is committed)."""
@@ -182,25 +214,33 @@ class PartitionFiles:
         rows = pa.Table.from_batches(self.pending)
         self.pending, self.pending_rows, self.pending_bytes = [], 0, 0
         if not self.file:
-            self._start_file()
-        self.file["writer"].write_table(rows, row_group_size=ROW_GROUP_ROWS)
-        if self.file["sink"].tell() >= TARGET_FILE_BYTES:
+            self._start_file(rows.schema)
+        elif rows.schema != self.file["schema"]:
+            rows = rows.cast(self.file["schema"])
+        self.file["writer"].write_table(rows, row_group_size=self.row_group_rows)
+        if self.file["sink"].tell() >= self.file_bytes:
             self._finish_file()
 
-    def _start_file(self) -> None:
+    def _start_file(self, schema: pa.Schema) -> None:
         import pyarrow.parquet as pq
 
         folder = partition_folder(self.batch)
-        path = f"{folder}/part-{len(self.paths):05d}-{self.run}-c000.snappy.parquet"
+        path = f"{folder}/part-{self.serial:05d}-{self.run}-c000.snappy.parquet"
+        self.serial += 1
         self.paths.append(path)
         self.filesystem.create_dir(folder, recursive=True)
         sink = self.filesystem.open_output_stream(path)
         footer: list = []  # pyarrow appends the file's FileMetaData here on close
-        # Vector columns (lists of floats) get neither a dictionary nor statistics: random floats never
-        # dictionary-encode and Delta keeps no statistics of nested columns; both cost 5x the write time.
+        # Vector columns (lists of floats) get neither a dictionary nor statistics nor compression: random
+        # floats never dictionary-encode and do not compress, and Delta keeps no statistics of nested
+        # columns; each costs CPU for nothing (measured: 5x the write time for the first two).
         plain = [f.name for f in self.file_schema if not _is_vector(f.type)]
-        writer = pq.ParquetWriter(sink, self.file_schema, compression="snappy", write_statistics=plain, use_dictionary=plain, metadata_collector=footer)
-        self.file = {"path": path, "sink": sink, "writer": writer, "footer": footer}
+        compression = {f.name: ("none" if _is_vector(f.type) else "snappy") for f in self.file_schema}
+        writer = pq.ParquetWriter(
+            sink, schema, compression=compression, write_statistics=plain, use_dictionary=plain,
+            metadata_collector=footer, store_schema=False,
+        )
+        self.file = {"path": path, "sink": sink, "writer": writer, "footer": footer, "schema": schema}
 
     def _finish_file(self) -> None:
         from deltalake.transaction import AddAction
@@ -251,7 +291,7 @@ def _commit(files: PartitionFiles, mode: str, app_transaction: tuple[str, int] |
     table = files.open_table()
     check_protocol(table, files.name, overwrite=mode == "overwrite")
     table.create_write_transaction(
-        files.actions, mode=mode, schema=files.table_schema, partition_by=["batch"],
+        files.actions + files.kept, mode=mode, schema=files.table_schema, partition_by=["batch"],
         partition_filters=[("batch", "=", files.batch)] if mode == "overwrite" else None,
         commit_properties=commit_properties(app_transaction),
     )
@@ -262,9 +302,10 @@ def _landed(files: PartitionFiles, app_transaction: tuple[str, int] | None) -> b
     if app_transaction:
         version = table.transaction_version(app_transaction[0])
         return version is not None and int(version) >= app_transaction[1]
-    if not files.paths:
+    paths = [a.path for a in files.actions] + [a.path for a in files.kept]
+    if not paths:
         return False
-    return any(uri.endswith("/" + files.paths[0]) for uri in table.file_uris())
+    return any(uri.endswith("/" + paths[0]) for uri in table.file_uris())
 
 
 def footer_stats(metadata, schema: pa.Schema) -> dict:
@@ -338,5 +379,14 @@ def _conform(record_batch: pa.RecordBatch, schema: pa.Schema, name: str) -> pa.R
     if missing or extra:
         raise ValueError(f"rows for {name} do not match its schema: missing {missing}, unknown {extra}")
     columns = [record_batch.column(f.name) for f in schema]
-    columns = [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, schema)]
-    return pa.RecordBatch.from_arrays(columns, schema=schema)
+    columns = [c if c.type == f.type or _same_vector(c.type, f.type) else c.cast(f.type) for c, f in zip(columns, schema)]
+    return pa.RecordBatch.from_arrays(columns, schema=pa.schema([f.with_type(c.type) for c, f in zip(columns, schema)]))
+
+
+def _same_vector(stored: pa.DataType, declared: pa.DataType) -> bool:
+    """A fixed-size list of floats written for a list of the same floats: one Parquet LIST (the file
+    keeps no Arrow schema), written without the cast's copy of every value."""
+    return (
+        pa.types.is_fixed_size_list(stored) and pa.types.is_list(declared)
+        and stored.value_type == declared.value_type and _is_vector(declared)
+    )

@@ -1,7 +1,9 @@
 """embeddings: embed what a partition lacks under the model's fingerprint, then swap the partition in.
 
 Vectors go through a sink (`embedding_assets.lib.sinks`, the lake's embeddings table by default):
-checkpoints while embedding, one publish of the whole partition at the end.
+checkpoints while embedding, in final form (one row per chunk), then one publish of the whole
+partition that keeps those checkpoints as they are and writes only the rows no checkpoint holds
+(vectors reused from the published partition, chunks that changed since a checkpoint).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
 from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, fixed_width, pack_hex, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
+from embedding_assets.lib.sinks.base import Part
 from embedding_assets.lib.stages.common import Log, utc_now
 from embedding_assets.lib.storage.names import validate_batch
 
@@ -55,9 +58,10 @@ class EmbedPlan:
     to_embed_tokens: int
     reusable: int
     stale_rows: int  # rows to drop: chunks that no longer exist, or another fingerprint
-    staged: int
+    staged: int  # distinct texts with a checkpointed vector under this fingerprint
     up_to_date: bool
     empty: bool = False  # length_buckets holds no rows for the batch
+    parts: list[Part] | None = None  # the sink's checkpointed parts (every fingerprint)
 
 
 @dataclass
@@ -152,10 +156,15 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         seen_chunks[position[found]] = True
     stale = existing_rows - current
     complete = existing_rows > 0 and stale == 0 and same_rows == meta.num_rows and int(seen_chunks.sum()) == meta.num_rows
-    n_staged = 0
-    for part in sink.scan(batch, ["text_hash"], staged=True, filter=pc.field("model") == fingerprint, batch_size=65_536):
-        n_staged += part.num_rows
-        _mark(have, texts.group(part.column("text_hash")))
+    parts = sink.parts(batch)
+    staged = np.zeros(len(texts), dtype=bool)
+    for part in parts:
+        if part.model != fingerprint:
+            continue
+        for keys in sink.scan_part(part, ["text_hash"], batch_size=65_536):
+            _mark(staged, texts.group(keys.column("text_hash")))
+    have |= staged
+    n_staged = int(staged.sum())
     first_rows = texts.order[texts.starts[~have]]  # one row per text still to embed, in hash order
     plan = EmbedPlan(
         chunks=meta.num_rows,
@@ -165,8 +174,9 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         reusable=int(have.sum()),
         stale_rows=stale,
         staged=n_staged,
-        up_to_date=complete and not len(first_rows) and n_staged == 0,
+        up_to_date=complete and not len(first_rows) and not any(p.model == fingerprint for p in parts),
         empty=meta.num_rows == 0,
+        parts=parts,
     )
     return plan, meta
 
@@ -331,18 +341,20 @@ def embed_batch(
     if plan.empty:
         # An emptied batch: its embeddings partition is emptied too (one commit) and checkpoints cleared.
         log(f"length_buckets holds no rows for batch {batch}: emptying its embeddings partition ({plan.stale_rows} rows removed)")
-        sink.publish(batch, pa.RecordBatchReader.from_batches(tables.embeddings_schema(engine.dimension), iter(())))
+        sink.publish(batch, [], pa.RecordBatchReader.from_batches(tables.embeddings_schema(engine.dimension), iter(())))
         sink.finish(batch)
         result.update(skipped=False, emptied=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
         return result
     if plan.up_to_date:
+        if plan.parts:
+            sink.finish(batch)  # checkpoints of another fingerprint, spent
         log(f"embeddings for batch {batch} are up to date under {fingerprint}: nothing to embed")
         result.update(skipped=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
         return result
     budget = token_budget or engine.token_budget
     if len(plan.to_embed):
         log(f"embedding {len(plan.to_embed)} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
-        _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink)
+        _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink)
         _release_free_memory()
     _swap_in(lake_root, batch, engine, meta, sink=sink)
     sink.finish(batch)
@@ -361,12 +373,34 @@ def embed_batch(
     return result
 
 
-def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink):
-    """Embeds the plan's texts, checkpointing every `commit_seconds` or `max_buffer_rows` vectors.
+def _chunk_rows(batch: str, meta: ChunkMeta, keys: np.ndarray, vectors: np.ndarray, fingerprint: str, embedded_at, dimension: int) -> pa.RecordBatch:
+    """Embeddings rows (one per chunk) for vectors of distinct texts: a text shared by several
+    chunks gives one row for each. No Python object per row."""
+    groups = meta.texts.group(keys)
+    if (groups < 0).any():
+        raise RuntimeError(f"{int((groups < 0).sum())} embedded texts are not texts of batch {batch!r}")
+    rows, owner = meta.texts.rows_of(groups)
+    if len(owner) != len(keys) or not (owner == np.arange(len(keys))).all():
+        vectors, keys = vectors[owner], keys[owner]
+    n = len(rows)
+    return pa.record_batch({
+        "doc_id": meta.doc_id.take(pa.array(rows)),
+        "chunk_id": to_arrow(meta.chunk_ids(rows)),
+        "text_hash": to_arrow(keys),
+        "embedding": tables.vectors_to_arrow(vectors, dimension),
+        "model": pa.array([fingerprint], pa.string()).take(np.zeros(n, dtype=np.int64)),
+        "embedded_at": pa.array([embedded_at], tables.TS).take(np.zeros(n, dtype=np.int64)),
+    })
 
-    A checkpoint is written on a background thread while the encoder goes on (writing Parquet
-    releases the GIL), one at a time and in version order; the step waits for the last one, and a
-    failed checkpoint fails the step at the next checkpoint or at the end.
+
+def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink):
+    """Embeds the plan's texts into checkpoint parts of the sink, committed every `commit_seconds`.
+
+    Vectors are handed to a background thread every `max_buffer_rows` texts, which turns them
+    into rows (one per chunk) and writes them (writing Parquet releases the GIL) while the encoder
+    goes on; at most two such hand-overs wait, so memory stays bounded. Commits run on the same
+    thread, one at a time and in version order; the step waits for the last one, and a failed
+    write or commit fails the step at the next hand-over or at the end.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -376,37 +410,58 @@ def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, 
     total_tokens = plan.to_embed_tokens
     keys_buffer: list[np.ndarray] = []
     vector_buffer: list[np.ndarray] = []
-    buffered = 0
+    buffered = uncommitted = 0
     last_commit = last_log = time.monotonic()
+    checkpoints = sink.checkpoint_writer(batch, tables.embeddings_schema(dimension))
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-checkpoint")
-    in_flight = None
+    pending: list = []  # futures of hand-overs and commits, in order
 
-    def wait_for_checkpoint():
-        nonlocal in_flight
-        if in_flight is not None:
-            in_flight.result()  # raises what the checkpoint raised
-            in_flight = None
-            result["commits"] += 1
+    def settle(keep: int) -> None:
+        while len(pending) > keep:
+            pending.pop(0).result()  # raises what the write or commit raised
 
-    def commit():
-        nonlocal buffered, version, last_commit, in_flight
+    failed: list[BaseException] = []  # once a write or commit fails, nothing after it runs (no later version lands)
+
+    def in_order(task):
+        def run(*args):
+            if failed:
+                return
+            try:
+                task(*args)
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+        return run
+
+    @in_order
+    def write(keys, vectors):
+        checkpoints.write(_chunk_rows(batch, meta, keys, vectors, fingerprint, utc_now(), dimension))
+
+    @in_order
+    def commit(version):
+        checkpoints.commit((app_id, version))
+        result["commits"] += 1
+
+    def hand_over():
+        nonlocal buffered
         if not buffered:
             return
-        keys = np.concatenate(keys_buffer)
-        vectors = np.concatenate(vector_buffer)
-        table = pa.table({
-            "batch": pa.array([batch] * len(keys), pa.string()),
-            "text_hash": to_arrow(keys),
-            "embedding": tables.vectors_to_arrow(vectors, dimension),
-            "model": pa.array([fingerprint] * len(keys), pa.string()),
-            "embedded_at": pa.array([utc_now()] * len(keys), tables.TS),
-        }, schema=tables.staging_schema(dimension))
-        wait_for_checkpoint()  # one checkpoint at a time, in version order
-        version += 1
-        in_flight = writer.submit(sink.checkpoint, table, app_transaction=(app_id, version))
+        keys = np.concatenate(keys_buffer) if len(keys_buffer) > 1 else keys_buffer[0]
+        vectors = np.concatenate(vector_buffer) if len(vector_buffer) > 1 else vector_buffer[0]
         keys_buffer.clear()
         vector_buffer.clear()
         buffered = 0
+        settle(1)
+        pending.append(writer.submit(write, keys, vectors))
+
+    def checkpoint():
+        nonlocal version, uncommitted, last_commit
+        hand_over()
+        if not uncommitted:
+            return
+        version += 1
+        pending.append(writer.submit(commit, version))
+        uncommitted = 0
         last_commit = time.monotonic()
 
     try:
@@ -415,9 +470,12 @@ def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, 
             keys_buffer.append(done_batch.keys)
             vector_buffer.append(vectors)
             buffered += len(vectors)
+            uncommitted += len(vectors)
+            if buffered >= max_buffer_rows:
+                hand_over()
             now = time.monotonic()
-            if now - last_commit >= commit_seconds or buffered >= max_buffer_rows:
-                commit()
+            if now - last_commit >= commit_seconds:
+                checkpoint()
             if now - last_log >= progress_seconds:
                 last_log = now
                 rate = stats.tokens_per_second
@@ -426,62 +484,105 @@ def _embed_into_staging(lake_root, batch, engine, plan, budget, commit_seconds, 
                     f"embeddings {batch}: {stats.rows}/{len(plan.to_embed)} texts, {stats.real_tokens}/{total_tokens} tokens, "
                     f"{rate:,.0f} tokens/s, padded {stats.padded_fraction:.1%}, about {left:,.0f} s left"
                 )
-        commit()
-        wait_for_checkpoint()
+        checkpoint()
+        settle(0)
     finally:
         writer.shutdown(wait=True)  # a checkpoint never outlives the step, even when it fails
+        checkpoints.close()  # rows written and not committed (a failed step) are dropped
 
 
-def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: int = 4096, *, sink: VectorSink | None = None) -> None:
+# A checkpoint part smaller than this is rewritten at the swap rather than published as it is, so
+# that frequent commits (a slow encoder, a short commit interval) do not leave many small files.
+SMALL_PART_BYTES = 8 << 20
+
+
+def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: int = 4096, *, sink: VectorSink | None = None, parts: list[Part] | None = None) -> None:
     """Replaces the embeddings partition with one vector per current chunk, in one commit.
 
-    Streams: vectors are read a record batch at a time from the sink's checkpoints (fresh) and then
-    from the partition's published rows of the same fingerprint (reused), each distinct text's vector
-    is written once for every chunk that has that text, and the sink writes them as they come. Peak
-    memory is a few record batches plus the compact chunk metadata (`ChunkMeta`: fixed-width numpy
-    keys and one contiguous doc id array), whatever the partition's size.
+    The checkpoint parts of this fingerprint are published as they are when each of their rows is
+    a current chunk that no earlier part covers (checked on their chunk_id column alone) and they
+    are not small; the rows of every other chunk are written then: from the other parts (fresh) and
+    then from the partition's published rows of the same fingerprint (reused), each distinct text's
+    vector once for every chunk that has that text and no row yet. Peak memory is a few record
+    batches plus the compact chunk metadata (`ChunkMeta`) and a few bytes per chunk in numpy arrays
+    (which chunks are covered, each chunk's text group), whatever the partition's size.
     """
     sink = _sink(lake_root, sink)
     fingerprint, dimension = engine.fingerprint, engine.dimension
-    same_model = pc.field("model") == fingerprint
+    parts = [p for p in (sink.parts(batch) if parts is None else parts) if p.model == fingerprint]
     texts = meta.texts
-    sources = (True, False)  # staged: checkpointed vectors (fresh) win over published rows of the same text
-    # Every text must have a vector before anything is written: checked on the key column alone.
-    have = np.zeros(len(texts), dtype=bool)
-    for staged in sources:
-        for keys in sink.scan(batch, ["text_hash"], staged=staged, filter=same_model, batch_size=65_536):
+    n = meta.num_rows
+    order = np.argsort(meta.chunk_id, kind="stable")  # chunk rows by id
+    sorted_ids = meta.chunk_id[order]
+    covered = np.zeros(n, dtype=bool)  # per chunk row: has its row in the new partition
+    keep: list[Part] = []
+    rewrite: list[Part] = []
+    for part in parts:
+        rows = [_positions(sorted_ids, _compact_like(fixed_width(ids.column("chunk_id")), meta)) for ids in sink.scan_part(part, ["chunk_id"], batch_size=65_536)]
+        rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        clean = part.size_bytes >= SMALL_PART_BYTES and len(rows) > 0 and bool((rows >= 0).all())
+        if clean:
+            rows = order[rows]
+            clean = not covered[rows].any() and len(np.unique(rows)) == len(rows)
+        if clean:
+            covered[rows] = True
+            keep.append(part)
+        else:
+            rewrite.append(part)
+    group_of_row = np.empty(n, dtype=np.int64)
+    group_of_row[texts.order] = np.repeat(np.arange(len(texts)), texts.counts)
+    needed = np.zeros(len(texts), dtype=bool)
+    needed[group_of_row[~covered]] = True
+    sources = [("part", p) for p in rewrite + keep] + [("published", None)]  # fresh vectors win over published ones
+
+    def scan(source, columns, batch_size):
+        kind, part = source
+        if kind == "part":
+            return sink.scan_part(part, columns, batch_size=batch_size)
+        return sink.scan(batch, columns, filter=pc.field("model") == fingerprint, batch_size=batch_size)
+
+    # Every text still needed must have a vector before anything is written: checked on the key column alone.
+    have = ~needed
+    for source in sources:
+        if have.all():
+            break
+        for keys in scan(source, ["text_hash"], 65_536):
             _mark(have, texts.group(keys.column("text_hash")))
     if not have.all():
         raise RuntimeError(f"{int((~have).sum())} texts of batch {batch!r} have no vector after embedding; nothing was written")
-    schema = tables.embeddings_schema(dimension)
-    written = np.zeros(len(texts), dtype=bool)
+    # Rows as Delta stores them (vectors as lists: what the parts and the published files read back as).
+    schema = lake.writer.delta_schema(tables.embeddings_schema(dimension))
+    schema = schema.remove(schema.get_field_index("batch"))
+    vector_type = schema.field("embedding").type
+    written = ~needed  # per text: its uncovered chunks have their rows
 
     def record_batches():
-        for staged in sources:
-            columns = ["text_hash", "embedding", "embedded_at"]
-            for part in sink.scan(batch, columns, staged=staged, filter=same_model, batch_size=slice_rows):
+        for source in sources:
+            if written.all():
+                break
+            for part in scan(source, ["text_hash", "embedding", "embedded_at"], slice_rows):
                 picked, groups = claim_new(texts, written, part.column("text_hash"))
                 if not len(picked):
                     continue
                 rows, owner = texts.rows_of(groups)
-                source = picked[owner]
-                # One chunk per text, every row of the part kept (the usual case): no copy of the vectors.
-                same_rows = len(source) == part.num_rows and bool((source == np.arange(part.num_rows)).all())
+                fresh = ~covered[rows]  # chunks of the text that no kept part covers
+                rows, owner = rows[fresh], owner[fresh]
+                covered[rows] = True
+                source_rows = picked[owner]
                 vectors, embedded_at = part.column("embedding"), part.column("embedded_at")
-                if not same_rows:
-                    vectors, embedded_at = vectors.take(pa.array(source)), embedded_at.take(pa.array(source))
-                if vectors.type != schema.field("embedding").type:
-                    vectors = vectors.cast(schema.field("embedding").type)
+                if not (len(source_rows) == part.num_rows and bool((source_rows == np.arange(part.num_rows)).all())):
+                    vectors, embedded_at = vectors.take(pa.array(source_rows)), embedded_at.take(pa.array(source_rows))
+                if vectors.type != vector_type:
+                    vectors = vectors.cast(vector_type)
                 yield pa.record_batch({
-                    "batch": pa.array([batch] * len(rows), pa.string()),
                     "doc_id": meta.doc_id.take(pa.array(rows)),
                     "chunk_id": to_arrow(meta.chunk_ids(rows)),
                     "text_hash": to_arrow(texts.keys(groups[owner])),
                     "embedding": vectors,
-                    "model": pa.array([fingerprint] * len(rows), pa.string()),
+                    "model": pa.array([fingerprint], pa.string()).take(np.zeros(len(rows), dtype=np.int64)),
                     "embedded_at": embedded_at,
-                }, schema=schema)
-        if not written.all():  # a source changed under us between the check and the write
-            raise RuntimeError(f"{int((~written).sum())} texts of batch {batch!r} lost their vector during the swap; nothing was written")
+                })
+        if not covered.all():  # a source changed under us between the check and the write
+            raise RuntimeError(f"{int((~covered).sum())} chunks of batch {batch!r} lost their vector during the swap; nothing was written")
 
-    sink.publish(batch, pa.RecordBatchReader.from_batches(schema, record_batches()))
+    sink.publish(batch, keep, pa.RecordBatchReader.from_batches(schema, record_batches()))

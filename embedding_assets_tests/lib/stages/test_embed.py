@@ -10,6 +10,7 @@ import pytest
 from embedding_assets.lib import lake
 from embedding_assets.lib.chunking import text_hash
 from embedding_assets.lib.lake import tables
+from embedding_assets.lib.sinks.delta import DeltaSink
 from embedding_assets.lib.stages import embed
 from embedding_assets.lib.stages.common import utc_now
 
@@ -30,13 +31,19 @@ def _partition(root, batch, texts):
     return hashes
 
 
-def _stage(root, batch, hashes, fingerprint, value):
-    vectors = np.full((len(hashes), 4), value, dtype=np.float32)
-    table = pa.table({
-        "batch": [batch] * len(hashes), "text_hash": hashes, "embedding": tables.vectors_to_arrow(vectors, 4),
-        "model": [fingerprint] * len(hashes), "embedded_at": pa.array([utc_now()] * len(hashes), tables.TS),
-    }, schema=tables.staging_schema(4))
-    lake.append(root, tables.STAGING, table)
+def _stage(root, batch, chunk_hashes, hashes, fingerprint, value, version=1):
+    """A checkpoint part written the way the stage writes one: a row for every chunk (`c<i>` has
+    text hash `chunk_hashes[i]`) whose text is in `hashes`."""
+    rows = [i for i, h in enumerate(chunk_hashes) if h in set(hashes)]
+    vectors = np.full((len(rows), 4), value, dtype=np.float32)
+    sink = DeltaSink(root)
+    writer = sink.checkpoint_writer(batch, tables.embeddings_schema(4))
+    writer.write(pa.record_batch({
+        "doc_id": [f"d{i % 3}" for i in rows], "chunk_id": [f"c{i}" for i in rows], "text_hash": [chunk_hashes[i] for i in rows],
+        "embedding": tables.vectors_to_arrow(vectors, 4), "model": [fingerprint] * len(rows),
+        "embedded_at": pa.array([utc_now()] * len(rows), tables.TS),
+    }))
+    assert writer.commit((f"test/{batch}/{fingerprint}", version)) == len(rows)
 
 
 def test_swap_streams_one_vector_per_chunk_and_prefers_staged_vectors(tmp_path):
@@ -45,8 +52,8 @@ def test_swap_streams_one_vector_per_chunk_and_prefers_staged_vectors(tmp_path):
     hashes = _partition(root, batch, texts)
     distinct = sorted(set(hashes))
     engine = FakeEngine(fingerprint="m/fp32", dimension=4)
-    _stage(root, batch, distinct[:30], "m/fp32", 1.0)
-    _stage(root, batch, distinct[:5], "other-model", 9.0)  # another fingerprint is never used
+    _stage(root, batch, hashes, distinct[:30], "m/fp32", 1.0)
+    _stage(root, batch, hashes, distinct[:5], "other-model", 9.0)  # another fingerprint is never used
     # Rows already in the partition under the same fingerprint: reused, but staged vectors win.
     existing = pa.table({
         "batch": [batch] * 12, "doc_id": ["old"] * 12, "chunk_id": [f"old{i}" for i in range(12)], "text_hash": distinct[28:40],
@@ -72,8 +79,11 @@ def test_swap_streams_one_vector_per_chunk_and_prefers_staged_vectors(tmp_path):
 def test_swap_refuses_before_writing_when_a_text_has_no_vector(tmp_path):
     root, batch = str(tmp_path), "b1"
     hashes = _partition(root, batch, [f"t{i}" for i in range(10)])
-    _stage(root, batch, hashes[:9], "m/fp32", 1.0)
+    _stage(root, batch, hashes, hashes[:9], "m/fp32", 1.0)
     _, meta = embed.plan_embeddings(root, batch, "m/fp32", "tok")
+    # The table exists (checkpoint files stand in its folder) but has never been committed to.
+    version = lake.open_table(root, tables.EMBEDDINGS).version()
     with pytest.raises(RuntimeError, match="1 texts of batch 'b1' have no vector"):
         embed._swap_in(root, batch, FakeEngine(fingerprint="m/fp32", dimension=4), meta)
-    assert not lake.exists(root, tables.EMBEDDINGS)
+    assert lake.open_table(root, tables.EMBEDDINGS).version() == version
+    assert lake.read_partition(root, tables.EMBEDDINGS, batch).num_rows == 0

@@ -5,6 +5,8 @@ for what is tested: which rows exist)."""
 
 from types import SimpleNamespace
 
+import os
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from embedding_assets.lib import lake
 from embedding_assets.lib.encoders.engine import EncoderEngine
 from embedding_assets.lib.lake import tables
+from embedding_assets.lib.sinks.delta import DeltaSink
 from embedding_assets.lib.stages import embed
 
 
@@ -48,10 +51,13 @@ def test_an_emptied_batch_empties_its_embeddings_partition_and_succeeds(tmp_path
     assert embed.embed_batch(root, "b1", engine, log=lambda _: None)["embedded_texts"] == 20
     embed.embed_batch(root, "b2", engine, log=lambda _: None)
     # A checkpoint left by an interrupted run of the batch, then the batch is emptied upstream.
-    lake.append(root, tables.STAGING, pa.table({
-        "batch": ["b1"], "text_hash": ["f" * 64], "embedding": tables.vectors_to_arrow(np.ones((1, 4), np.float32), 4),
+    writer = DeltaSink(root).checkpoint_writer("b1", tables.embeddings_schema(4))
+    writer.write(pa.record_batch({
+        "doc_id": ["d"], "chunk_id": ["c"], "text_hash": ["f" * 64], "embedding": tables.vectors_to_arrow(np.ones((1, 4), np.float32), 4),
         "model": ["t/fp32"], "embedded_at": pa.array([None], tables.TS),
-    }, schema=tables.staging_schema(4)))
+    }))
+    writer.commit(("test", 1))
+    [part] = DeltaSink(root).parts("b1")
     lake.replace_partition(root, tables.BUCKETS, "b1", tables.LENGTH_BUCKETS.empty_table())
     assert _rows(root, tables.BUCKETS, "b1") == 0
 
@@ -59,6 +65,7 @@ def test_an_emptied_batch_empties_its_embeddings_partition_and_succeeds(tmp_path
     assert result["emptied"] is True and result["chunks"] == 0 and result["embedded_texts"] == 0
     assert result["removed_rows"] == 20
     assert _rows(root, tables.EMBEDDINGS, "b1") == 0 and _rows(root, tables.STAGING, "b1") == 0
+    assert not os.path.exists(os.path.join(root, tables.EMBEDDINGS, part.key))  # the unpublished checkpoint file is gone
     assert _rows(root, tables.EMBEDDINGS, "b2") == 5  # other batches untouched
     again = embed.embed_batch(root, "b1", engine, log=lambda _: None)  # idempotent
     assert again["emptied"] is True and _rows(root, tables.EMBEDDINGS, "b1") == 0
