@@ -9,8 +9,10 @@ random token ids, sorted by length like the real stage) instead of running inges
 length_buckets: the stage under test is the embeddings step, and this saves minutes.
 
 Encoders (benchmark-only, `feedkit`): `zero-cost` returns rows of a preallocated 384-d matrix (the
-feed path's own cost), `rate-limited` sleeps real_tokens / 5 M s per batch (a simulated GPU at
-5 M tokens/s). For each, in a fresh process:
+feed path's own cost), `rate-limited` occupies a simulated device for real_tokens / 5 M s per batch
+(a GPU at 5 M tokens/s, with the CUDA backend's asynchronous launch: the engine queues the next
+batch before it waits for the current one); `rate-limited-sync` (not run by default) is the same
+device without a queue (each batch queued and awaited in one call). For each, in a fresh process:
 
 - engine loop: `engine.encode_batches` over the step's pending batches alone (`_pending_batches`
   streamed from length_buckets: read, pick, sort, cut, collate on the reader thread), no sink;
@@ -49,7 +51,9 @@ def quiet(_msg: str) -> None:
 def _engine(kind: str, rate: float):
     from benchmarks.feedkit import RateLimitedBackend, ZeroCostBackend, benchmark_engine
 
-    return benchmark_engine(ZeroCostBackend() if kind == "zero-cost" else RateLimitedBackend(rate))
+    if kind == "zero-cost":
+        return benchmark_engine(ZeroCostBackend())
+    return benchmark_engine(RateLimitedBackend(rate, pipelined=kind != "rate-limited-sync"))
 
 
 def _reset(lake_root: str) -> None:
@@ -72,11 +76,11 @@ def child(lake_root: str, kind: str, what: str, rate: float, budget: int) -> dic
     _reset(lake_root)
     started = time.perf_counter()
     if what == "engine_loop":
-        plan, _ = embed.plan_embeddings(lake_root, BATCH, engine.fingerprint, engine.tokenizer.fingerprint)
+        plan, meta = embed.plan_embeddings(lake_root, BATCH, engine.fingerprint, engine.tokenizer.fingerprint)
         planned = time.perf_counter()
         stats = EngineStats()
         loop_started = time.perf_counter()
-        for _ in engine.encode_batches(embed._pending_batches(lake_root, BATCH, plan.to_embed, budget), stats):
+        for _ in engine.encode_batches(embed._pending_batches(lake_root, BATCH, meta.texts, plan.pending, budget), stats):
             pass
         seconds = time.perf_counter() - loop_started
         out = {"tokens": stats.real_tokens, "rows": stats.rows, "batches": stats.batches, "seconds": seconds,

@@ -54,25 +54,41 @@ class RateLimitedBackend(ZeroCostBackend):
     """A simulated accelerator of `tokens_per_s`: each batch occupies it for real_tokens / tokens_per_s.
 
     It keeps a device clock, like a GPU working through its queue: a batch starts when the device
-    is free (or at once when the device sat idle waiting for it: that time is lost) and `encode`
-    returns when it ends. Sleeping to the clock, not for each batch's duration, keeps the sleeps'
-    own overshoot (a few hundred microseconds on a busy machine) from slowing the simulated device.
+    is free (or at once when the device sat idle waiting for it: that time is lost). With
+    `pipelined` (the default) it has the CUDA backend's interface: `launch` queues a batch on the
+    device clock and returns at once, `finish` waits for the batch's end (the engine launches the
+    next batch before it waits, as it does on a GPU); without, `encode` queues and waits in one
+    call (a synchronous device: nothing is queued while the host is busy). Sleeping to the clock,
+    not for each batch's duration, keeps the sleeps' own overshoot (a few hundred microseconds on a
+    busy machine) from slowing the simulated device.
     """
 
     name = "rate-limited-benchmark"
 
-    def __init__(self, tokens_per_s: float = 5e6, dimension: int = DIMENSION, device: str = "cpu"):
+    def __init__(self, tokens_per_s: float = 5e6, dimension: int = DIMENSION, device: str = "cpu", pipelined: bool = True):
         super().__init__(dimension, device)
         self.tokens_per_s = tokens_per_s
+        self.pipelined = pipelined
         self._free_at = 0.0
 
-    def encode(self, batch) -> np.ndarray:
+    def stage(self, batch):
+        return (batch,)
+
+    def launch(self, staged):
+        batch = staged[0]
         start = max(time.perf_counter(), self._free_at)
         self._free_at = start + batch.real_tokens / self.tokens_per_s
-        pause = self._free_at - time.perf_counter()
+        return batch, self._free_at
+
+    def finish(self, launched) -> np.ndarray:
+        batch, ends = launched
+        pause = ends - time.perf_counter()
         if pause > 0:
             time.sleep(pause)  # releases the GIL, as a GPU wait does
         return super().encode(batch)
+
+    def encode(self, batch) -> np.ndarray:
+        return self.finish(self.launch(self.stage(batch)))
 
 
 def register_benchmark_backends() -> None:

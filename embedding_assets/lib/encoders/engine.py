@@ -12,6 +12,7 @@ Import cost matters: torch is imported when an engine is built, never at module 
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -154,21 +155,25 @@ class EncoderEngine:
                 except queue.Empty:
                     break
 
-    def _pipeline(self, backend, batches: Iterator[Batch], stop: threading.Event, stats: EngineStats) -> Iterator[tuple[Batch, np.ndarray]]:
+    def _pipeline(self, backend, batches: Iterator[Batch], stop: threading.Event, stats: EngineStats, in_flight: int = 2) -> Iterator[tuple[Batch, np.ndarray]]:
         """Batches through a pipelined backend (CUDA), in order: batch n+1 is staged (its copy to the
-        device queued) after batch n's forward pass is launched and before its result is awaited,
-        so the copy overlaps the compute. A batch that fails with out-of-memory is redone through
-        `_encode_resilient` (halving), after the failure has been waited out."""
-        launched = None  # (staged, device output or None, out-of-memory error or None)
+        device queued) and launched (its forward pass queued behind batch n's) before batch n's
+        result is awaited, so the copy and the host's work of queueing the next forward pass overlap
+        the device's compute, and the device has the next batch when the current one ends, even when
+        this thread is late to return (the GIL). At most `in_flight` batches are launched and not
+        awaited. A batch that fails with out-of-memory is redone through `_encode_resilient`
+        (halving), after the failure has been waited out."""
+        launched: collections.deque = collections.deque()  # (staged, device output or None, out-of-memory error or None)
         for batch in batches:
             if stop.is_set():
                 return
-            upcoming = backend.stage(batch)
-            if launched is not None:
-                yield launched[0][0], self._finish(backend, launched, stats)
-            launched = self._launch(backend, upcoming)
-        if launched is not None:
-            yield launched[0][0], self._finish(backend, launched, stats)
+            launched.append(self._launch(backend, backend.stage(batch)))
+            if len(launched) >= in_flight:
+                oldest = launched.popleft()
+                yield oldest[0][0], self._finish(backend, oldest, stats)
+        while launched:
+            oldest = launched.popleft()
+            yield oldest[0][0], self._finish(backend, oldest, stats)
 
     def _launch(self, backend, staged):
         try:

@@ -62,6 +62,7 @@ class EmbedPlan:
     up_to_date: bool
     empty: bool = False  # length_buckets holds no rows for the batch
     parts: list[Part] | None = None  # the sink's checkpointed parts (every fingerprint)
+    pending: np.ndarray | None = None  # per text group of `ChunkMeta.texts`: still to embed
 
 
 @dataclass
@@ -177,6 +178,7 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         up_to_date=complete and not len(first_rows) and not any(p.model == fingerprint for p in parts),
         empty=meta.num_rows == 0,
         parts=parts,
+        pending=~have,
     )
     return plan, meta
 
@@ -232,7 +234,7 @@ class _Window:
     def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         values = np.concatenate(self.values) if self.values else np.empty(0, dtype=np.int32)
         lengths = np.concatenate(self.lengths) if self.lengths else np.empty(0, dtype=np.int64)
-        keys = np.concatenate(self.keys) if self.keys else np.empty(0, dtype="S1")
+        keys = np.concatenate(self.keys) if self.keys else np.empty(0, dtype=np.int64)
         self.values, self.lengths, self.keys, self.rows = [], [], [], 0
         return values, lengths, keys
 
@@ -247,17 +249,19 @@ def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.n
     return values[index]
 
 
-def _pending_batches(lake_root: str, batch: str, hashes, token_budget: int, window_rows: int = 8192) -> Iterator[Batch]:
-    """Token-budget batches of the texts still to embed, streamed from length_buckets in order.
+def _pending_batches(lake_root: str, batch: str, texts: KeyIndex, pending: np.ndarray, token_budget: int, window_rows: int = 8192, first_window_rows: int = 1024) -> Iterator[Batch]:
+    """Token-budget batches of the texts still to embed (`pending`: one flag per group of `texts`),
+    streamed from length_buckets in order; each batch's keys are the texts' group numbers in `texts`.
 
     Each text is embedded once, however many chunks share it; a window of `window_rows` texts is
-    sorted by length before it is cut into batches, so padding stays low without a global sort.
-    Token ids stay in Arrow's flat int32 buffers: rows are picked, sorted and cut with offsets in
-    numpy, and each batch is collated by one vectorized gather (`batching.collate_flat`).
+    sorted by length before it is cut into batches, so padding stays low without a global sort (the
+    first window holds `first_window_rows`, so the encoder gets its first batch early). Token ids
+    stay in Arrow's flat int32 buffers: rows are picked, sorted and cut with offsets in numpy, and
+    each batch is collated by one vectorized gather (`batching.collate_flat`).
     """
-    wanted = KeyIndex(hashes)
-    taken = np.zeros(len(wanted), dtype=bool)
+    taken = ~pending  # copy: texts not to embed count as taken
     window = _Window()
+    limit = min(first_window_rows, window_rows)
 
     def flush(final: bool):
         values, lengths, keys = window.take()
@@ -275,7 +279,7 @@ def _pending_batches(lake_root: str, batch: str, hashes, token_budget: int, wind
             window.add(_gather(values, starts[keep_from:], lengths[keep_from:]), lengths[keep_from:], keys[keep_from:])
 
     for record_batch in lake.scan_partition(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
-        picked, _ = claim_new(wanted, taken, record_batch.column("text_hash"))
+        picked, groups = claim_new(texts, taken, record_batch.column("text_hash"))
         if not len(picked):
             continue
         column = record_batch.column("input_ids")
@@ -283,9 +287,10 @@ def _pending_batches(lake_root: str, batch: str, hashes, token_budget: int, wind
         values = column.values.to_numpy(zero_copy_only=False)
         lengths = (offsets[picked + 1] - offsets[picked]).astype(np.int64)
         # `offsets` index the whole values buffer (a sliced list array's offsets are absolute).
-        window.add(_gather(values, offsets[picked], lengths), lengths, fixed_width(record_batch.column("text_hash"))[picked])
-        if window.rows >= window_rows:
+        window.add(_gather(values, offsets[picked], lengths), lengths, groups)
+        if window.rows >= limit:
             yield from flush(final=False)
+            limit = window_rows
     if window.rows:
         yield from flush(final=True)
 
@@ -373,20 +378,17 @@ def embed_batch(
     return result
 
 
-def _chunk_rows(batch: str, meta: ChunkMeta, keys: np.ndarray, vectors: np.ndarray, fingerprint: str, embedded_at, dimension: int) -> pa.RecordBatch:
-    """Embeddings rows (one per chunk) for vectors of distinct texts: a text shared by several
-    chunks gives one row for each. No Python object per row."""
-    groups = meta.texts.group(keys)
-    if (groups < 0).any():
-        raise RuntimeError(f"{int((groups < 0).sum())} embedded texts are not texts of batch {batch!r}")
+def _chunk_rows(meta: ChunkMeta, groups: np.ndarray, vectors: np.ndarray, fingerprint: str, embedded_at, dimension: int) -> pa.RecordBatch:
+    """Embeddings rows (one per chunk) for the vectors of distinct texts (their group numbers in
+    `meta.texts`): a text shared by several chunks gives one row for each. No Python object per row."""
     rows, owner = meta.texts.rows_of(groups)
-    if len(owner) != len(keys) or not (owner == np.arange(len(keys))).all():
-        vectors, keys = vectors[owner], keys[owner]
+    if len(owner) != len(groups) or not (owner == np.arange(len(groups))).all():
+        vectors, groups = vectors[owner], groups[owner]
     n = len(rows)
     return pa.record_batch({
         "doc_id": meta.doc_id.take(pa.array(rows)),
         "chunk_id": to_arrow(meta.chunk_ids(rows)),
-        "text_hash": to_arrow(keys),
+        "text_hash": to_arrow(meta.texts.keys(groups)),
         "embedding": tables.vectors_to_arrow(vectors, dimension),
         "model": pa.array([fingerprint], pa.string()).take(np.zeros(n, dtype=np.int64)),
         "embedded_at": pa.array([embedded_at], tables.TS).take(np.zeros(n, dtype=np.int64)),
@@ -435,7 +437,7 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
 
     @in_order
     def write(keys, vectors):
-        checkpoints.write(_chunk_rows(batch, meta, keys, vectors, fingerprint, utc_now(), dimension))
+        checkpoints.write(_chunk_rows(meta, keys, vectors, fingerprint, utc_now(), dimension))
 
     @in_order
     def commit(version):
@@ -465,7 +467,7 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
         last_commit = time.monotonic()
 
     try:
-        batches = _pending_batches(lake_root, batch, plan.to_embed, budget)
+        batches = _pending_batches(lake_root, batch, meta.texts, plan.pending, budget)
         for done_batch, vectors in engine.encode_batches(batches, stats):
             keys_buffer.append(done_batch.keys)
             vector_buffer.append(vectors)

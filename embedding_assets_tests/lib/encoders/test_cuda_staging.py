@@ -161,16 +161,17 @@ def _batches(n):
     return [collate([np.array([100 + i, 7])], rows=np.array([i])) for i in range(n)]
 
 
-def test_engine_stages_the_next_batch_before_it_waits_for_the_current_one():
+def test_engine_launches_the_next_batch_before_it_waits_for_the_current_one():
     backend = PipelinedBackend()
     out = list(_engine(backend).encode_batches(_batches(4)))
     assert [int(b.rows[0]) for b, _ in out] == [0, 1, 2, 3]  # in order, every batch once
     assert [v[0, 0] for _, v in out] == [100, 101, 102, 103]
+    # Batch n+1 is staged and launched (queued behind batch n) before batch n is awaited.
     assert backend.calls == [
         ("stage", 0), ("launch", 0),
-        ("stage", 1), ("finish", 0), ("launch", 1),
-        ("stage", 2), ("finish", 1), ("launch", 2),
-        ("stage", 3), ("finish", 2), ("launch", 3),
+        ("stage", 1), ("launch", 1), ("finish", 0),
+        ("stage", 2), ("launch", 2), ("finish", 1),
+        ("stage", 3), ("launch", 3), ("finish", 2),
         ("finish", 3),
     ]
 

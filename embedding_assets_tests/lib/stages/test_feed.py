@@ -99,7 +99,11 @@ def test_flat_buffer_batches_equal_the_per_row_batches(tmp_path, seed):
     wanted = pa.array([h for h in distinct if rng.random() < 0.8])  # some texts already have a vector
     budget = int(rng.choice([512, 2048, 8192]))
     window = int(rng.choice([300, 1000, 8192]))
-    new = list(embed._pending_batches(root, batch, wanted, budget, window_rows=window))
+    meta, _ = embed._read_chunk_meta(root, batch, "tok")
+    pending = np.zeros(len(meta.texts), dtype=bool)
+    pending[meta.texts.group(wanted)] = True
+    # Batch keys are the texts' group numbers in the partition's text index; one window size throughout, as the reference has.
+    new = list(embed._pending_batches(root, batch, meta.texts, pending, budget, window_rows=window, first_window_rows=window))
     old = list(_reference_pending(root, batch, wanted, budget, window))
     assert len(new) == len(old) > 1
     for a, b in zip(new, old):
@@ -107,9 +111,25 @@ def test_flat_buffer_batches_equal_the_per_row_batches(tmp_path, seed):
         np.testing.assert_array_equal(a.input_ids, b.input_ids)
         np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
         assert a.input_ids.dtype == b.input_ids.dtype == np.int64
-        assert [k.decode() for k in a.keys.tolist()] == list(b.keys)
-    embedded = [k for b in new for k in b.keys.tolist()]
+        assert [k.decode() for k in meta.texts.keys(a.keys).tolist()] == list(b.keys)
+    embedded = [k for b in new for k in meta.texts.keys(b.keys).tolist()]
     assert sorted(embedded) == sorted(h.encode() for h in wanted.to_pylist())  # each wanted text once
+
+
+def test_a_short_first_window_changes_no_text_and_no_id(tmp_path):
+    rng = np.random.default_rng(7)
+    root, batch = str(tmp_path), "b1"
+    distinct = _random_partition(root, batch, rng, n=5000, distinct=3000)
+    meta, _ = embed._read_chunk_meta(root, batch, "tok")
+    pending = np.ones(len(meta.texts), dtype=bool)
+    early = list(embed._pending_batches(root, batch, meta.texts, pending, 2048, window_rows=4096, first_window_rows=256))
+    whole = list(embed._pending_batches(root, batch, meta.texts, pending, 2048, window_rows=4096, first_window_rows=4096))
+    assert len(early[0].rows) and sum(b.real_tokens for b in early) == sum(b.real_tokens for b in whole)
+
+    def ids_by_text(batches):
+        return {int(k): tuple(ids[mask.astype(bool)]) for b in batches for k, ids, mask in zip(b.keys, b.input_ids, b.attention_mask)}
+
+    assert ids_by_text(early) == ids_by_text(whole) and len(ids_by_text(early)) == len(distinct)
 
 
 @pytest.mark.parametrize("seed", range(6))
