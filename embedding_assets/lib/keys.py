@@ -63,28 +63,39 @@ def to_arrow(keys: np.ndarray) -> pa.Array:
 _HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
 
 
+def _pair_table() -> np.ndarray:
+    """Two ASCII characters read as one little-endian uint16 -> the byte their lowercase hex spells,
+    or 256 where they are not two lowercase hex digits."""
+    table = np.full(1 << 16, 256, dtype=np.uint16)
+    high, low = np.meshgrid(np.arange(16), np.arange(16), indexing="ij")
+    chars = _HEX_DIGITS.astype(np.uint16)
+    table[chars[high] | (chars[low] << 8)] = (high << 4) | low
+    return table
+
+
+_PAIR_TO_BYTE = _pair_table()
+# byte -> its two lowercase hex digits, as the uint16 whose little-endian bytes they are
+_BYTE_TO_PAIR = (_HEX_DIGITS[np.arange(256) >> 4].astype(np.uint16) | (_HEX_DIGITS[np.arange(256) & 15].astype(np.uint16) << 8)).astype("<u2")
+
+
 def pack_hex(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Lowercase hex keys of one even width as raw bytes (half the width), and a mask of the keys
-    that were such hex (the others are packed as garbage and must be ignored)."""
+    that were such hex (the others are packed as garbage and must be ignored). One table lookup
+    per pair of characters."""
     n, width = len(keys), keys.dtype.itemsize
-    data = np.ascontiguousarray(keys).view(np.uint8).reshape(n, width)
-    digit = data - np.uint8(48)  # '0'..'9' -> 0..9 (uint8 arithmetic wraps the rest out of range)
-    letter = data - np.uint8(87)  # 'a'..'f' -> 10..15
-    is_digit = digit < 10
-    values = np.where(is_digit, digit, letter)
-    ok = (is_digit | ((letter >= 10) & (letter < 16))).all(axis=1) if width else np.zeros(n, dtype=bool)
-    packed = (values[:, 0::2] << 4) | (values[:, 1::2] & np.uint8(15))
-    return np.ascontiguousarray(packed).view(f"S{width // 2}").reshape(n), ok
+    if not width:
+        return np.zeros(n, dtype="S1"), np.zeros(n, dtype=bool)
+    pairs = _PAIR_TO_BYTE[np.ascontiguousarray(keys).view("<u2").reshape(n, width // 2)]
+    ok = (pairs < 256).all(axis=1)
+    packed = pairs.astype(np.uint8)
+    return packed.view(f"S{width // 2}").reshape(n), ok
 
 
 def unpack_hex(packed: np.ndarray) -> np.ndarray:
-    """The inverse of `pack_hex`: raw bytes back to lowercase hex keys."""
+    """The inverse of `pack_hex`: raw bytes back to lowercase hex keys (one table lookup per byte)."""
     n, width = len(packed), packed.dtype.itemsize
     data = np.ascontiguousarray(packed).view(np.uint8).reshape(n, width)
-    chars = np.empty((n, 2 * width), dtype=np.uint8)
-    chars[:, 0::2] = _HEX_DIGITS[data >> 4]
-    chars[:, 1::2] = _HEX_DIGITS[data & 15]
-    return chars.view(f"S{2 * width}").reshape(n)
+    return _BYTE_TO_PAIR[data].view(f"S{2 * width}").reshape(n)
 
 
 def compact(keys: np.ndarray) -> tuple[np.ndarray, bool]:

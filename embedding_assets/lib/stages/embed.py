@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from embedding_assets.lib import lake
 from embedding_assets.lib.allocators import configure_for_streaming
 from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
-from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, fixed_width, pack_hex, to_arrow, unpack_hex
+from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
 from embedding_assets.lib.sinks.base import Part
@@ -54,7 +54,7 @@ def _sink(lake_root: str, sink: VectorSink | None) -> VectorSink:
 class EmbedPlan:
     chunks: int
     distinct_texts: int
-    to_embed: np.ndarray  # text hashes (numpy S<width>) with no vector under this fingerprint yet (sorted)
+    texts_to_embed: int  # distinct texts with no vector under this fingerprint yet
     to_embed_tokens: int
     reusable: int
     stale_rows: int  # rows to drop: chunks that no longer exist, or another fingerprint
@@ -63,6 +63,12 @@ class EmbedPlan:
     empty: bool = False  # length_buckets holds no rows for the batch
     parts: list[Part] | None = None  # the sink's checkpointed parts (every fingerprint)
     pending: np.ndarray | None = None  # per text group of `ChunkMeta.texts`: still to embed
+    texts: KeyIndex | None = None
+
+    @property
+    def to_embed(self) -> np.ndarray:
+        """The text hashes (numpy S<width>, sorted) still to embed."""
+        return self.texts.keys(np.flatnonzero(self.pending))
 
 
 @dataclass
@@ -80,10 +86,20 @@ class ChunkMeta:
     chunk_id_packed: bool
     doc_id: pa.Array
     texts: KeyIndex
+    _ids: KeyIndex | None = None
 
     def chunk_ids(self, rows: np.ndarray) -> np.ndarray:
         ids = self.chunk_id[rows]
         return unpack_hex(ids) if self.chunk_id_packed else ids
+
+    def rows_of_ids(self, ids) -> np.ndarray:
+        """The chunk row of each id in an Arrow string column (or numpy S array), or -1 where the id is
+        not a chunk of the partition. Sorts the ids once (8 bytes a chunk), on first use."""
+        if self._ids is None:
+            self._ids = KeyIndex(self.chunk_id, packed=self.chunk_id_packed)
+        index = self._ids
+        groups = index.group(ids)
+        return np.where(groups >= 0, index.order[index.starts[np.maximum(groups, 0)]], -1) if len(index) else groups
 
     @property
     def num_rows(self) -> int:
@@ -141,8 +157,7 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         raise RuntimeError(f"length_buckets does not exist in {lake_root!r}: materialize length_buckets for batch {batch!r} first")
     texts = meta.texts
     have = np.zeros(len(texts), dtype=bool)
-    chunk_order = np.sort(meta.chunk_id)  # to look up published chunk ids
-    seen_chunks = np.zeros(len(chunk_order), dtype=bool)
+    seen_chunks = np.zeros(meta.num_rows, dtype=bool)
     existing_rows = same_rows = current = 0
     for part in sink.scan(batch, ["chunk_id", "text_hash", "model"], batch_size=65_536):
         existing_rows += part.num_rows
@@ -151,7 +166,7 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
             continue
         same_rows += same.num_rows
         _mark(have, texts.group(same.column("text_hash")))
-        position = _positions(chunk_order, _compact_like(fixed_width(same.column("chunk_id")), meta))
+        position = meta.rows_of_ids(same.column("chunk_id"))
         found = position >= 0
         current += int(found.sum())
         seen_chunks[position[found]] = True
@@ -170,7 +185,7 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
     plan = EmbedPlan(
         chunks=meta.num_rows,
         distinct_texts=len(texts),
-        to_embed=texts.keys(np.flatnonzero(~have)),
+        texts_to_embed=int((~have).sum()),
         to_embed_tokens=int(n_tokens[first_rows].sum()),
         reusable=int(have.sum()),
         stale_rows=stale,
@@ -179,37 +194,9 @@ def plan_embeddings(lake_root: str, batch: str, fingerprint: str, tokenizer_fing
         empty=meta.num_rows == 0,
         parts=parts,
         pending=~have,
+        texts=texts,
     )
     return plan, meta
-
-
-def _compact_like(keys: np.ndarray, meta: ChunkMeta) -> np.ndarray:
-    """Chunk ids in the form `meta` holds them (raw bytes when its ids are hex); a key that is not
-    hex of that width becomes one that matches nothing."""
-    if not meta.chunk_id_packed:
-        return keys
-    width = 2 * meta.chunk_id.dtype.itemsize
-    if keys.dtype.itemsize != width:
-        return np.full(len(keys), b"\xff" * (width // 2 + 1), dtype=f"S{width // 2 + 1}")  # longer than any id
-    packed, is_hex = pack_hex(keys)
-    if not is_hex.all():
-        packed = packed.astype(f"S{width // 2 + 1}")
-        packed[~is_hex] = b"\xff" * (width // 2 + 1)
-    return packed
-
-
-def _positions(sorted_keys: np.ndarray, query: np.ndarray) -> np.ndarray:
-    """Index of each query key in `sorted_keys` (distinct), or -1."""
-    if not len(sorted_keys) or not len(query):
-        return np.full(len(query), -1, dtype=np.int64)
-    width = sorted_keys.dtype.itemsize
-    too_long = np.char.str_len(query) > width if query.dtype.itemsize > width else np.zeros(len(query), dtype=bool)
-    query = query.astype(f"S{width}")
-    position = np.searchsorted(sorted_keys, query)
-    inside = position < len(sorted_keys)
-    found = np.zeros(len(query), dtype=bool)
-    found[inside] = sorted_keys[position[inside]] == query[inside]
-    return np.where(found & ~too_long, position, -1)
 
 
 def _mark(flags: np.ndarray, groups: np.ndarray) -> None:
@@ -357,8 +344,8 @@ def embed_batch(
         result.update(skipped=True, tokens=0, tokens_per_s=0.0, padded_fraction=0.0, duration_s=time.perf_counter() - started)
         return result
     budget = token_budget or engine.token_budget
-    if len(plan.to_embed):
-        log(f"embedding {len(plan.to_embed)} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
+    if plan.texts_to_embed:
+        log(f"embedding {plan.texts_to_embed} new texts of {plan.distinct_texts} in batch {batch} ({plan.reusable} reused, {plan.staged} from a checkpoint)")
         _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink)
         _release_free_memory()
     _swap_in(lake_root, batch, engine, meta, sink=sink)
@@ -483,7 +470,7 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
                 rate = stats.tokens_per_second
                 left = (total_tokens - stats.real_tokens) / rate if rate else float("nan")
                 log(
-                    f"embeddings {batch}: {stats.rows}/{len(plan.to_embed)} texts, {stats.real_tokens}/{total_tokens} tokens, "
+                    f"embeddings {batch}: {stats.rows}/{plan.texts_to_embed} texts, {stats.real_tokens}/{total_tokens} tokens, "
                     f"{rate:,.0f} tokens/s, padded {stats.padded_fraction:.1%}, about {left:,.0f} s left"
                 )
         checkpoint()
@@ -514,20 +501,23 @@ def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: in
     parts = [p for p in (sink.parts(batch) if parts is None else parts) if p.model == fingerprint]
     texts = meta.texts
     n = meta.num_rows
-    order = np.argsort(meta.chunk_id, kind="stable")  # chunk rows by id
-    sorted_ids = meta.chunk_id[order]
     covered = np.zeros(n, dtype=bool)  # per chunk row: has its row in the new partition
+    n_covered = 0
     keep: list[Part] = []
     rewrite: list[Part] = []
     for part in parts:
-        rows = [_positions(sorted_ids, _compact_like(fixed_width(ids.column("chunk_id")), meta)) for ids in sink.scan_part(part, ["chunk_id"], batch_size=65_536)]
+        clean = part.size_bytes >= SMALL_PART_BYTES
+        rows = [meta.rows_of_ids(ids.column("chunk_id")) for ids in sink.scan_part(part, ["chunk_id"], batch_size=65_536)] if clean else []
         rows = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        clean = part.size_bytes >= SMALL_PART_BYTES and len(rows) > 0 and bool((rows >= 0).all())
-        if clean:
-            rows = order[rows]
-            clean = not covered[rows].any() and len(np.unique(rows)) == len(rows)
+        # Every row a current chunk that no kept part covers, and no chunk twice in the part.
+        clean = clean and len(rows) > 0 and bool((rows >= 0).all()) and not covered[rows].any()
         if clean:
             covered[rows] = True
+            if int(covered.sum()) - n_covered != len(rows):  # a chunk twice in the part
+                covered[rows] = False
+                clean = False
+        if clean:
+            n_covered += len(rows)
             keep.append(part)
         else:
             rewrite.append(part)
