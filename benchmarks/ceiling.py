@@ -80,7 +80,7 @@ def child(lake_root: str, kind: str, what: str, rate: float, budget: int) -> dic
         planned = time.perf_counter()
         stats = EngineStats()
         loop_started = time.perf_counter()
-        for _ in engine.encode_batches(embed._pending_batches(lake_root, BATCH, meta.texts, plan.pending, budget), stats):
+        for _ in engine.encode_batches(embed._pending_batches(lake_root, BATCH, meta, plan.pending, budget), stats):
             pass
         seconds = time.perf_counter() - loop_started
         out = {"tokens": stats.real_tokens, "rows": stats.rows, "batches": stats.batches, "seconds": seconds,

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from embedding_assets.lib import lake
 from embedding_assets.lib.allocators import configure_for_streaming
 from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
-from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, to_arrow, unpack_hex
+from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, first_in_batch, fixed_width, pack_hex, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
 from embedding_assets.lib.sinks.base import Part
@@ -87,10 +87,35 @@ class ChunkMeta:
     doc_id: pa.Array
     texts: KeyIndex
     _ids: KeyIndex | None = None
+    _group_of_row: np.ndarray | None = None
 
     def chunk_ids(self, rows: np.ndarray) -> np.ndarray:
         ids = self.chunk_id[rows]
         return unpack_hex(ids) if self.chunk_id_packed else ids
+
+    def group_of_row(self) -> np.ndarray:
+        """Each chunk row's text group in `texts` (4 bytes a chunk, built on first use)."""
+        if self._group_of_row is None:
+            groups = np.empty(self.num_rows, dtype=np.int32 if len(self.texts) < 2**31 else np.int64)
+            groups[self.texts.order] = np.repeat(np.arange(len(self.texts), dtype=groups.dtype), self.texts.counts)
+            self._group_of_row = groups
+        return self._group_of_row
+
+    def groups_of_scan(self, start: int, keys) -> np.ndarray:
+        """The text groups of `keys`, a text_hash column of length_buckets read from row `start` of
+        the partition in the order `_read_chunk_meta` read it: taken from `group_of_row` when every
+        key is the one that row has (the usual case: one table version, one file order), else
+        looked up key by key (the table changed in between)."""
+        expected = self.group_of_row()[start:start + len(keys)]
+        if len(expected) == len(keys) and len(keys):
+            column = fixed_width(keys)
+            if self.texts.packed and column.dtype.itemsize == 2 * self.texts.width:
+                column, is_hex = pack_hex(column)
+                if is_hex.all() and (self.texts.distinct[expected] == column).all():
+                    return expected.astype(np.int64)
+            elif not self.texts.packed and (self.texts.distinct[expected] == column.astype(self.texts.distinct.dtype)).all():
+                return expected.astype(np.int64)
+        return self.texts.group(keys)
 
     def rows_of_ids(self, ids) -> np.ndarray:
         """The chunk row of each id in an Arrow string column (or numpy S array), or -1 where the id is
@@ -236,9 +261,10 @@ def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.n
     return values[index]
 
 
-def _pending_batches(lake_root: str, batch: str, texts: KeyIndex, pending: np.ndarray, token_budget: int, window_rows: int = 8192, first_window_rows: int = 1024) -> Iterator[Batch]:
-    """Token-budget batches of the texts still to embed (`pending`: one flag per group of `texts`),
-    streamed from length_buckets in order; each batch's keys are the texts' group numbers in `texts`.
+def _pending_batches(lake_root: str, batch: str, meta: ChunkMeta, pending: np.ndarray, token_budget: int, window_rows: int = 8192, first_window_rows: int = 1024) -> Iterator[Batch]:
+    """Token-budget batches of the texts still to embed (`pending`: one flag per group of
+    `meta.texts`), streamed from length_buckets in order; each batch's keys are the texts' group
+    numbers in `meta.texts` (found by row position, checked against the key: `groups_of_scan`).
 
     Each text is embedded once, however many chunks share it; a window of `window_rows` texts is
     sorted by length before it is cut into batches, so padding stays low without a global sort (the
@@ -265,10 +291,18 @@ def _pending_batches(lake_root: str, batch: str, texts: KeyIndex, pending: np.nd
         if keep_from < len(lengths):
             window.add(_gather(values, starts[keep_from:], lengths[keep_from:]), lengths[keep_from:], keys[keep_from:])
 
+    row = 0
     for record_batch in lake.scan_partition(lake_root, tables.BUCKETS, batch, columns=["text_hash", "input_ids"], batch_size=4096):
-        picked, groups = claim_new(texts, taken, record_batch.column("text_hash"))
+        groups = meta.groups_of_scan(row, record_batch.column("text_hash"))
+        row += record_batch.num_rows
+        keep = groups >= 0
+        keep[keep] = ~taken[groups[keep]]
+        candidates = np.flatnonzero(keep)
+        picked = candidates[first_in_batch(groups[candidates])]  # a text shared by several chunks: its first row
         if not len(picked):
             continue
+        groups = groups[picked]
+        taken[groups] = True
         column = record_batch.column("input_ids")
         offsets = column.offsets.to_numpy()
         values = column.values.to_numpy(zero_copy_only=False)
@@ -454,7 +488,7 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
         last_commit = time.monotonic()
 
     try:
-        batches = _pending_batches(lake_root, batch, meta.texts, plan.pending, budget)
+        batches = _pending_batches(lake_root, batch, meta, plan.pending, budget)
         for done_batch, vectors in engine.encode_batches(batches, stats):
             keys_buffer.append(done_batch.keys)
             vector_buffer.append(vectors)
@@ -521,8 +555,7 @@ def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: in
             keep.append(part)
         else:
             rewrite.append(part)
-    group_of_row = np.empty(n, dtype=np.int64)
-    group_of_row[texts.order] = np.repeat(np.arange(len(texts)), texts.counts)
+    group_of_row = meta.group_of_row()
     needed = np.zeros(len(texts), dtype=bool)
     needed[group_of_row[~covered]] = True
     sources = [("part", p) for p in rewrite + keep] + [("published", None)]  # fresh vectors win over published ones

@@ -103,7 +103,7 @@ def test_flat_buffer_batches_equal_the_per_row_batches(tmp_path, seed):
     pending = np.zeros(len(meta.texts), dtype=bool)
     pending[meta.texts.group(wanted)] = True
     # Batch keys are the texts' group numbers in the partition's text index; one window size throughout, as the reference has.
-    new = list(embed._pending_batches(root, batch, meta.texts, pending, budget, window_rows=window, first_window_rows=window))
+    new = list(embed._pending_batches(root, batch, meta, pending, budget, window_rows=window, first_window_rows=window))
     old = list(_reference_pending(root, batch, wanted, budget, window))
     assert len(new) == len(old) > 1
     for a, b in zip(new, old):
@@ -122,8 +122,8 @@ def test_a_short_first_window_changes_no_text_and_no_id(tmp_path):
     distinct = _random_partition(root, batch, rng, n=5000, distinct=3000)
     meta, _ = embed._read_chunk_meta(root, batch, "tok")
     pending = np.ones(len(meta.texts), dtype=bool)
-    early = list(embed._pending_batches(root, batch, meta.texts, pending, 2048, window_rows=4096, first_window_rows=256))
-    whole = list(embed._pending_batches(root, batch, meta.texts, pending, 2048, window_rows=4096, first_window_rows=4096))
+    early = list(embed._pending_batches(root, batch, meta, pending, 2048, window_rows=4096, first_window_rows=256))
+    whole = list(embed._pending_batches(root, batch, meta, pending, 2048, window_rows=4096, first_window_rows=4096))
     assert len(early[0].rows) and sum(b.real_tokens for b in early) == sum(b.real_tokens for b in whole)
 
     def ids_by_text(batches):
@@ -148,3 +148,23 @@ def test_flat_collate_equals_the_per_row_collate():
     a, b = collate(arrays), _reference_collate(arrays, np.arange(200), None)
     np.testing.assert_array_equal(a.input_ids, b.input_ids)
     np.testing.assert_array_equal(a.attention_mask, b.attention_mask)
+
+
+def test_a_partition_rewritten_after_the_plan_is_read_by_key_not_by_row(tmp_path):
+    """Rows are matched to texts by their position in the plan's read, checked against their key:
+    length_buckets rewritten in another order in between gives the same texts and ids."""
+    rng = np.random.default_rng(11)
+    root, batch = str(tmp_path), "b1"
+    _random_partition(root, batch, rng, n=3000, distinct=1200)
+    meta, _ = embed._read_chunk_meta(root, batch, "tok")
+    pending = np.ones(len(meta.texts), dtype=bool)
+    before = list(embed._pending_batches(root, batch, meta, pending, 2048))
+    table = lake.read_partition(root, tables.BUCKETS, batch)
+    shuffled = table.take(pa.array(rng.permutation(table.num_rows)))
+    lake.replace_partition(root, tables.BUCKETS, batch, shuffled)
+    after = list(embed._pending_batches(root, batch, meta, pending, 2048))
+
+    def ids_by_text(batches):
+        return {int(k): tuple(ids[mask.astype(bool)]) for b in batches for k, ids, mask in zip(b.keys, b.input_ids, b.attention_mask)}
+
+    assert ids_by_text(after) == ids_by_text(before) and len(ids_by_text(before)) == len(meta.texts)
