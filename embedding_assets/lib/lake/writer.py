@@ -238,7 +238,7 @@ class PartitionFiles:
         compression = {f.name: ("none" if _is_vector(f.type) else "snappy") for f in self.file_schema}
         writer = pq.ParquetWriter(
             sink, schema, compression=compression, write_statistics=plain, use_dictionary=plain,
-            metadata_collector=footer, store_schema=False,
+            metadata_collector=footer, store_schema=False, memory_pool=_writer_pool(),
         )
         self.file = {"path": path, "sink": sink, "writer": writer, "footer": footer, "schema": schema}
 
@@ -354,6 +354,24 @@ def _upper_prefix(value: str) -> str | None:
         if code <= 0x10FFFF:
             return "".join(prefix) + chr(code)
     return None
+
+
+def _writer_pool():
+    """The memory pool of the Parquet encoder: mimalloc, which reuses the pages of the row group it
+    encoded last, where present. The process's default pool may be the system allocator (the
+    streaming steps set it so freed memory goes back to the OS), which maps and zero-fills every
+    page buffer of every row group anew (measured: the encoder 40% slower). The encoder's live
+    memory is one row group, so what mimalloc keeps for reuse stays bounded."""
+    global _WRITER_POOL
+    if _WRITER_POOL is None:
+        try:
+            _WRITER_POOL = pa.mimalloc_memory_pool()
+        except NotImplementedError:
+            _WRITER_POOL = pa.default_memory_pool()
+    return _WRITER_POOL
+
+
+_WRITER_POOL = None
 
 
 def _is_vector(type_: pa.DataType) -> bool:

@@ -31,12 +31,15 @@ class Part:
 
 
 class CheckpointWriter(Protocol):
-    def write(self, rows: pa.RecordBatch) -> None:
+    lanes: int  # how many threads may call `write` at once, each with its own lane number (at least 1)
+
+    def write(self, rows: pa.RecordBatch, lane: int = 0) -> None:
         """Adds rows (embeddings schema) to the checkpoint in progress; nothing is durable yet."""
 
     def commit(self, app_transaction: tuple[str, int]) -> int:
         """Records every row written since the last commit as parts, exactly once per (app id,
-        version); returns the rows recorded. Rows of a failed commit are dropped."""
+        version); returns the rows recorded. Rows of a failed commit are dropped. Called while no
+        `write` runs."""
 
     def close(self) -> None:
         """Drops rows written and not committed."""

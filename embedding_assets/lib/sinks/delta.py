@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import urllib.parse
 from typing import Iterator
 
 import pyarrow as pa
@@ -73,7 +74,9 @@ class DeltaSink:
         if not actions.num_rows:
             return set()
         mine = actions.filter(pc.equal(actions.column("partition.batch"), batch))
-        return set(mine.column("path").to_pylist())
+        # The log holds each path percent-encoded (a URI reference), the folder's escape escaped
+        # again (`batch=a%253Db/...`); the records hold the path itself, as the writer names it.
+        return {urllib.parse.unquote(path) for path in mine.column("path").to_pylist()}
 
     def parts(self, batch: str) -> list[Part]:
         records = self._records(batch)
@@ -135,21 +138,31 @@ class DeltaSink:
 
 
 class DeltaCheckpointWriter:
-    """Checkpoint rows as data files in the embeddings partition's folder, recorded at each commit."""
+    """Checkpoint rows as data files in the embeddings partition's folder, recorded at each commit.
+
+    It has `lanes` independent file writers: `write(rows, lane)` may run on one thread per lane at
+    once (encoding and writing each lane's files releases the GIL); `commit` runs while no write
+    does and records every lane's files in one append."""
+
+    lanes = 2
 
     def __init__(self, sink: DeltaSink, batch: str):
         self.sink, self.batch = sink, batch
-        self.files = writer.PartitionFiles(sink.uri, lake.storage_options(sink.lake_root), tables.EMBEDDINGS, batch)
+        options = lake.storage_options(sink.lake_root)
+        table = lake.open_table(sink.lake_root, tables.EMBEDDINGS)
+        self.files = [writer.PartitionFiles(sink.uri, options, tables.EMBEDDINGS, batch, table=table) for _ in range(self.lanes)]
         self.model: str | None = None
 
-    def write(self, rows: pa.RecordBatch) -> None:
+    def write(self, rows: pa.RecordBatch, lane: int = 0) -> None:
         if self.model is None and rows.num_rows:
             self.model = rows.column("model")[0].as_py()
-        self.files.write(rows)
+        self.files[lane].write(rows)
 
     def commit(self, app_transaction: tuple[str, int]) -> int:
-        self.files.close()
-        actions = self.files.take_actions()
+        actions = []
+        for files in self.files:
+            files.close()
+            actions += files.take_actions()
         if not actions:
             return 0
         now = pa.array([dt.datetime.now(dt.timezone.utc)] * len(actions), tables.TS)
@@ -174,4 +187,5 @@ class DeltaCheckpointWriter:
         return int(pc.sum(records.column("num_rows")).as_py() or 0)
 
     def close(self) -> None:
-        self.files.discard()
+        for files in self.files:
+            files.discard()

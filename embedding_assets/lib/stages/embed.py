@@ -399,31 +399,38 @@ def embed_batch(
     return result
 
 
-def _chunk_rows(meta: ChunkMeta, groups: np.ndarray, vectors: np.ndarray, fingerprint: str, embedded_at, dimension: int) -> pa.RecordBatch:
+def _chunk_rows(meta: ChunkMeta, groups: np.ndarray, vectors: list[np.ndarray], fingerprint: str, embedded_at, dimension: int) -> Iterator[pa.RecordBatch]:
     """Embeddings rows (one per chunk) for the vectors of distinct texts (their group numbers in
-    `meta.texts`): a text shared by several chunks gives one row for each. No Python object per row."""
+    `meta.texts`, in the order of the vector matrices laid end to end): a text shared by several
+    chunks gives one row for each. No Python object per row, and the vectors are not copied where
+    each text has one chunk (the usual case): the record batches follow the matrices' boundaries."""
     rows, owner = meta.texts.rows_of(groups)
     if len(owner) != len(groups) or not (owner == np.arange(len(groups))).all():
-        vectors, groups = vectors[owner], groups[owner]
+        vectors, groups = [np.concatenate(vectors)[owner]], groups[owner]
     n = len(rows)
-    return pa.record_batch({
+    embedding = pa.chunked_array([tables.vectors_to_arrow(v, dimension) for v in vectors if len(v)], type=pa.list_(pa.float32(), dimension))
+    table = pa.table({
         "doc_id": meta.doc_id.take(pa.array(rows)),
         "chunk_id": to_arrow(meta.chunk_ids(rows)),
         "text_hash": to_arrow(meta.texts.keys(groups)),
-        "embedding": tables.vectors_to_arrow(vectors, dimension),
+        "embedding": embedding,
         "model": pa.array([fingerprint], pa.string()).take(np.zeros(n, dtype=np.int64)),
         "embedded_at": pa.array([embedded_at], tables.TS).take(np.zeros(n, dtype=np.int64)),
     })
+    return iter(table.to_batches())
 
 
 def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit_seconds, max_buffer_rows, log, progress_seconds, stats, result, sink):
     """Embeds the plan's texts into checkpoint parts of the sink, committed every `commit_seconds`.
 
-    Vectors are handed to a background thread every `max_buffer_rows` texts, which turns them
-    into rows (one per chunk) and writes them (writing Parquet releases the GIL) while the encoder
-    goes on; at most two such hand-overs wait, so memory stays bounded. Commits run on the same
-    thread, one at a time and in version order; the step waits for the last one, and a failed
-    write or commit fails the step at the next hand-over or at the end.
+    Vectors are handed to background threads every `max_buffer_rows` texts, in turn to each of the
+    sink writer's lanes (each writes its own files: encoding Parquet and writing files release the
+    GIL, and on a fast encoder they cost more than everything else in the step, so they get every
+    core the encoder leaves), which turn them into rows (one per chunk) and write them while the
+    encoder goes on; at most two hand-overs wait per lane, so memory stays bounded. A commit waits
+    for every lane's writes, then runs on the first lane while no write runs; commits are one at a
+    time and in version order; the step waits for the last one, and a failed write or commit fails
+    the step at the next hand-over or at the end (and nothing after it runs).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -436,12 +443,15 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
     buffered = uncommitted = 0
     last_commit = last_log = time.monotonic()
     checkpoints = sink.checkpoint_writer(batch, tables.embeddings_schema(dimension))
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedding-checkpoint")
-    pending: list = []  # futures of hand-overs and commits, in order
+    lanes = max(1, int(getattr(checkpoints, "lanes", 1)))
+    writers = [ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"embedding-checkpoint-{lane}") for lane in range(lanes)]
+    pending: list[list] = [[] for _ in range(lanes)]  # per lane: futures of its hand-overs (and commits), in order
+    next_lane = 0
+    committing = None  # the commit in flight: no other lane writes until it is done
 
-    def settle(keep: int) -> None:
-        while len(pending) > keep:
-            pending.pop(0).result()  # raises what the write or commit raised
+    def settle(lane: int, keep: int) -> None:
+        while len(pending[lane]) > keep:
+            pending[lane].pop(0).result()  # raises what the write or commit raised
 
     failed: list[BaseException] = []  # once a write or commit fails, nothing after it runs (no later version lands)
 
@@ -457,8 +467,9 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
         return run
 
     @in_order
-    def write(keys, vectors):
-        checkpoints.write(_chunk_rows(meta, keys, vectors, fingerprint, utc_now(), dimension))
+    def write(lane, keys, vectors):
+        for rows in _chunk_rows(meta, keys, vectors, fingerprint, utc_now(), dimension):
+            checkpoints.write(rows, lane) if lanes > 1 else checkpoints.write(rows)
 
     @in_order
     def commit(version):
@@ -466,24 +477,31 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
         result["commits"] += 1
 
     def hand_over():
-        nonlocal buffered
+        nonlocal buffered, next_lane, committing
         if not buffered:
             return
         keys = np.concatenate(keys_buffer) if len(keys_buffer) > 1 else keys_buffer[0]
-        vectors = np.concatenate(vector_buffer) if len(vector_buffer) > 1 else vector_buffer[0]
+        vectors = list(vector_buffer)  # not concatenated: no copy of the vectors
         keys_buffer.clear()
         vector_buffer.clear()
         buffered = 0
-        settle(1)
-        pending.append(writer.submit(write, keys, vectors))
+        lane, next_lane = next_lane, (next_lane + 1) % lanes
+        if committing is not None and lane != 0:
+            committing.result()
+            committing = None
+        settle(lane, 1)
+        pending[lane].append(writers[lane].submit(write, lane, keys, vectors))
 
     def checkpoint():
-        nonlocal version, uncommitted, last_commit
+        nonlocal version, uncommitted, last_commit, committing
         hand_over()
         if not uncommitted:
             return
+        for lane in range(1, lanes):
+            settle(lane, 0)
         version += 1
-        pending.append(writer.submit(commit, version))
+        committing = writers[0].submit(commit, version)  # after lane 0's own writes: its executor runs in order
+        pending[0].append(committing)
         uncommitted = 0
         last_commit = time.monotonic()
 
@@ -508,9 +526,11 @@ def _embed_into_checkpoints(lake_root, batch, engine, plan, meta, budget, commit
                     f"{rate:,.0f} tokens/s, padded {stats.padded_fraction:.1%}, about {left:,.0f} s left"
                 )
         checkpoint()
-        settle(0)
+        for lane in range(lanes):
+            settle(lane, 0)
     finally:
-        writer.shutdown(wait=True)  # a checkpoint never outlives the step, even when it fails
+        for writer in writers:
+            writer.shutdown(wait=True)  # a checkpoint never outlives the step, even when it fails
         checkpoints.close()  # rows written and not committed (a failed step) are dropped
 
 
