@@ -8,7 +8,7 @@ Corpus: synthetic documents of 8 to 64 random English words (one chunk each, all
 landed as one .jsonl and taken through the real stage functions (ingest_batch, chunk_batch,
 bucket_batch) into a local Delta lake. Each size is embedded by `stages.embed_batch` in a
 fresh subprocess; peak RSS is `resource.getrusage(RUSAGE_SELF).ru_maxrss` of that process, and a
-20 ms RSS sampler attributes the peak to the step's phases (plan, embed into staging, swap in).
+20 ms RSS sampler attributes the peak to the step's phases (plan, embed into checkpoints, swap in).
 
 Model: by default a tiny random-weight BERT with the bundled model's tokenizer, 1 layer, hidden
 384 (so vectors are 384-d like all-MiniLM-L6-v2's and the output buffers are real size), 6 heads,
@@ -170,7 +170,7 @@ def child(lake_root: str, batch: str, model: str, budget: int, commit_seconds: f
     from embedding_assets.lib.stages import embed as embed_stage
 
     embed_stage.plan_embeddings = phased("plan_embeddings", embed_stage.plan_embeddings)
-    embed_stage._embed_into_staging = phased("_embed_into_staging", embed_stage._embed_into_staging)
+    embed_stage._embed_into_checkpoints = phased("_embed_into_checkpoints", embed_stage._embed_into_checkpoints)
     embed_stage._swap_in = phased("_swap_in", embed_stage._swap_in)
     phase["name"] = "embed_batch (other)"
     started = time.perf_counter()
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         phases = ", ".join(f"{k} {v / MB:,.0f}" for k, v in result["phase_peak_rss_bytes"].items())
         print(
             f"{n:>7} chunks: peak RSS {result['ru_maxrss_bytes'] / MB:,.0f} MB (after model load {result['rss_after_model_load_bytes'] / MB:,.0f} MB), "
-            f"embedded {result['embedded_texts']} in {result['embed_seconds']:.0f} s, {result['commits']} staging commits; phase peaks MB: {phases}",
+            f"embedded {result['embedded_texts']} in {result['embed_seconds']:.0f} s, {result['commits']} checkpoint commits; phase peaks MB: {phases}",
             flush=True,
         )
     if len(sizes) >= 2:

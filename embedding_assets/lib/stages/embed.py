@@ -330,11 +330,13 @@ def embed_batch(
 ) -> dict:
     """Embeds what the partition lacks under the engine's fingerprint, then swaps the partition in.
 
-    Progress is committed to a staging table at least every `commit_seconds` (a killed run resumes
-    from there). The embeddings partition itself changes in one commit at the end, so readers see
-    either the old complete set or the new one, never a mix; that commit also drops rows of chunks
-    that no longer exist and of other fingerprints. `sink` is where vectors go (the lake's
-    embeddings table when None).
+    Progress is checkpointed at least every `commit_seconds` (a killed run resumes from there): rows
+    in final form, recorded by the sink, invisible to readers. The embeddings partition itself
+    changes in one commit at the end, which publishes the checkpoints as they are (each vector is
+    written once) plus the rows no checkpoint holds, so readers see either the old complete set or
+    the new one, never a mix; that commit also drops rows of chunks that no longer exist and of
+    other fingerprints. Vectors go to the checkpoint writer every `max_buffer_rows` texts (what the
+    step holds of them). `sink` is where vectors go (the lake's embeddings table when None).
     """
     from embedding_assets.lib.encoders import EngineStats
 
