@@ -162,15 +162,26 @@ class KeyIndex:
         else:
             column, self.packed = keys, packed
         self.width = column.dtype.itemsize
-        self.order = np.argsort(column, kind="stable")  # row numbers in key order
+        # Row numbers in key order: a stable sort by the keys' first 8 bytes as integers (faster than a
+        # string sort) is the stable key order unless two different keys share those bytes.
+        prefixes = _prefix(column)
+        self.order = np.argsort(prefixes, kind="stable")
+        sorted_prefixes = prefixes[self.order]
         ordered = column[self.order]
+        if len(column) > 1 and self.width > 8:
+            tie = sorted_prefixes[1:] == sorted_prefixes[:-1]
+            if tie.any() and not (ordered[1:][tie] == ordered[:-1][tie]).all():
+                self.order = np.argsort(column, kind="stable")
+                ordered = column[self.order]
+                sorted_prefixes = None
         is_first = np.ones(len(ordered), dtype=bool)
         is_first[1:] = ordered[1:] != ordered[:-1]
         self.starts = np.flatnonzero(is_first)  # position in `order` where each group starts
         # sorted distinct keys (the sorted keys themselves when no key repeats: no second copy)
         self.distinct = ordered if len(self.starts) == len(ordered) else ordered[self.starts]
         self.counts = np.diff(np.append(self.starts, len(ordered)))
-        self._prefixes: np.ndarray | None = None  # first 8 bytes of each distinct key, as integers (lazily)
+        # first 8 bytes of each distinct key, as integers (lazily, unless the sort just made them)
+        self._prefixes: np.ndarray | None = sorted_prefixes if sorted_prefixes is not None and len(self.starts) == len(ordered) else None
         self.rows = len(ordered)
 
     def __len__(self) -> int:

@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from embedding_assets.lib import lake
 from embedding_assets.lib.allocators import configure_for_streaming
-from embedding_assets.lib.batching import Batch, collate_flat, plan_batches
+from embedding_assets.lib.batching import Batch, collate_slices, plan_batches
 from embedding_assets.lib.keys import CompactKeys, KeyIndex, claim_new, first_in_batch, fixed_width, pack_hex, to_arrow, unpack_hex
 from embedding_assets.lib.lake import tables
 from embedding_assets.lib.sinks import DEFAULT_SINK, VectorSink, make_sink
@@ -270,7 +270,7 @@ def _pending_batches(lake_root: str, batch: str, meta: ChunkMeta, pending: np.nd
     sorted by length before it is cut into batches, so padding stays low without a global sort (the
     first window holds `first_window_rows`, so the encoder gets its first batch early). Token ids
     stay in Arrow's flat int32 buffers: rows are picked, sorted and cut with offsets in numpy, and
-    each batch is collated by one vectorized gather (`batching.collate_flat`).
+    a window's batches are collated by one vectorized gather (`batching.collate_slices`).
     """
     taken = ~pending  # copy: texts not to embed count as taken
     window = _Window()
@@ -284,10 +284,7 @@ def _pending_batches(lake_root: str, batch: str, meta: ChunkMeta, pending: np.nd
         slices = plan_batches(lengths, token_budget)
         # Keep the last (possibly part-filled) slice for the next window unless this is the end.
         keep_from = len(lengths) if final or len(slices) < 2 else slices[-1][0]
-        for start, end in slices:
-            if start >= keep_from:
-                break
-            yield collate_flat(values, lengths[start:end], rows=np.arange(start, end), keys=keys[start:end], starts=starts[start:end])
+        yield from collate_slices(values, lengths, starts, [(start, end) for start, end in slices if start < keep_from], keys=keys)
         if keep_from < len(lengths):
             window.add(_gather(values, starts[keep_from:], lengths[keep_from:]), lengths[keep_from:], keys[keep_from:])
 

@@ -168,3 +168,26 @@ def test_a_partition_rewritten_after_the_plan_is_read_by_key_not_by_row(tmp_path
         return {int(k): tuple(ids[mask.astype(bool)]) for b in batches for k, ids, mask in zip(b.keys, b.input_ids, b.attention_mask)}
 
     assert ids_by_text(after) == ids_by_text(before) and len(ids_by_text(before)) == len(meta.texts)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_collating_many_slices_at_once_equals_collating_each(seed):
+    from embedding_assets.lib.batching import collate_flat, collate_slices
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 400))
+    lengths = rng.integers(0, 40, size=n)  # any order, empty rows too
+    values = rng.integers(1, 30000, size=int(lengths.sum()) + 50).astype(np.int32)
+    starts = rng.integers(0, 50, size=n) + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    cuts = np.unique(np.concatenate(([0, n], rng.integers(0, n, size=int(rng.integers(0, 20))))))
+    slices = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    keys = np.arange(n) * 7
+    together = list(collate_slices(values, lengths, starts, slices, keys=keys))
+    assert len(together) == len(slices)
+    for batch, (a, b) in zip(together, slices):
+        alone = collate_flat(values, lengths[a:b], rows=np.arange(a, b), keys=keys[a:b], starts=starts[a:b])
+        np.testing.assert_array_equal(batch.rows, alone.rows)
+        np.testing.assert_array_equal(batch.input_ids, alone.input_ids)
+        np.testing.assert_array_equal(batch.attention_mask, alone.attention_mask)
+        np.testing.assert_array_equal(batch.keys, alone.keys)
+        assert batch.input_ids.dtype == batch.attention_mask.dtype == np.int64
