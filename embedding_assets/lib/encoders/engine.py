@@ -58,6 +58,10 @@ class EncoderEngine:
     fingerprint: str
     token_budget: int = DEFAULT_TOKEN_BUDGET
     budget_source: str = "default"
+    # Batches launched on a pipelined backend and not yet awaited: the device has work queued for
+    # that many batches when the host thread is late (the GIL, a busy CPU); each holds only its
+    # inputs and output on the device (activations are freed in stream order as launches go).
+    in_flight: int = 4
     _fp32_fallback: object = field(default=None, repr=False)
 
     @property
@@ -113,7 +117,7 @@ class EncoderEngine:
         def work(backend):
             try:
                 if getattr(backend, "pipelined", False):
-                    for batch, vectors in self._pipeline(backend, iter(inbox.get, done), stop, stats):
+                    for batch, vectors in self._pipeline(backend, iter(inbox.get, done), stop, stats, self.in_flight):
                         outbox.put((batch, vectors))
                     return
                 while not stop.is_set():
@@ -155,7 +159,7 @@ class EncoderEngine:
                 except queue.Empty:
                     break
 
-    def _pipeline(self, backend, batches: Iterator[Batch], stop: threading.Event, stats: EngineStats, in_flight: int = 2) -> Iterator[tuple[Batch, np.ndarray]]:
+    def _pipeline(self, backend, batches: Iterator[Batch], stop: threading.Event, stats: EngineStats, in_flight: int = 4) -> Iterator[tuple[Batch, np.ndarray]]:
         """Batches through a pipelined backend (CUDA), in order: batch n+1 is staged (its copy to the
         device queued) and launched (its forward pass queued behind batch n's) before batch n's
         result is awaited, so the copy and the host's work of queueing the next forward pass overlap
@@ -168,7 +172,7 @@ class EncoderEngine:
             if stop.is_set():
                 return
             launched.append(self._launch(backend, backend.stage(batch)))
-            if len(launched) >= in_flight:
+            if len(launched) >= max(in_flight, 2):
                 oldest = launched.popleft()
                 yield oldest[0][0], self._finish(backend, oldest, stats)
         while launched:

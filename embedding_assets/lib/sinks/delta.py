@@ -10,10 +10,11 @@ so readers see the old complete set or the new one, never a mix, and no kept vec
 Files that are never published: `finish` deletes the recorded ones it did not publish (the
 partition's lock means no other run of the batch is writing), after dropping their records. A file
 written by a run killed before it recorded the file is named by no log at all: `DeltaTable.vacuum(
-full=True)` removes such files once they are older than its retention (7 days by default); a
-vacuum never deletes a file the log names (a published one), and a run's unrecorded file is at
-most one commit interval old. A recorded file that has gone missing is not used (its texts are
-embedded again).
+full=True)` removes such files once they are older than its retention (7 days by default; the
+lake's own `vacuum`, a "lite" one, leaves every file no log names alone). No vacuum deletes a file
+the log names (a published one); a full vacuum would delete a recorded, unpublished file older
+than its retention (a run resumed after longer than that): such a file is not used, and its texts
+are embedded again.
 
 Reads stream through `lake.scan_partition` (published rows) or one data file at a time (parts),
 decoding one record batch at a time on the consuming thread.

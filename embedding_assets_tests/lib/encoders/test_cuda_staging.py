@@ -153,8 +153,8 @@ class PipelinedBackend:
         return self._vectors(batch)
 
 
-def _engine(backend):
-    return EncoderEngine(model="m", backends=[backend], tokenizer=None, fingerprint="m/fp16")
+def _engine(backend, in_flight=2):
+    return EncoderEngine(model="m", backends=[backend], tokenizer=None, fingerprint="m/fp16", in_flight=in_flight)
 
 
 def _batches(n):
@@ -173,6 +173,19 @@ def test_engine_launches_the_next_batch_before_it_waits_for_the_current_one():
         ("stage", 2), ("launch", 2), ("finish", 1),
         ("stage", 3), ("launch", 3), ("finish", 2),
         ("finish", 3),
+    ]
+
+
+def test_the_engine_keeps_up_to_in_flight_batches_launched_and_returns_them_in_order():
+    backend = PipelinedBackend()
+    out = list(_engine(backend, in_flight=3).encode_batches(_batches(5)))
+    assert [int(b.rows[0]) for b, _ in out] == [0, 1, 2, 3, 4]
+    assert backend.calls == [
+        ("stage", 0), ("launch", 0), ("stage", 1), ("launch", 1),
+        ("stage", 2), ("launch", 2), ("finish", 0),
+        ("stage", 3), ("launch", 3), ("finish", 1),
+        ("stage", 4), ("launch", 4), ("finish", 2),
+        ("finish", 3), ("finish", 4),
     ]
 
 
