@@ -141,41 +141,58 @@ def collate_flat(values: np.ndarray, lengths: np.ndarray, rows: np.ndarray | Non
     return Batch(rows=rows, input_ids=ids, attention_mask=mask.astype(np.int64), keys=keys)
 
 
+# Elements of one shared buffer of `collate_slices` (ids and mask, int64 each): below 1 MiB, so
+# the buffers come from the heap and are reused, not mapped and zero-filled afresh for each group.
+GROUP_ELEMENTS = 96 * 1024
+
+
 def collate_slices(values: np.ndarray, lengths: np.ndarray, starts: np.ndarray, slices: Sequence[tuple[int, int]], keys: np.ndarray | None = None, pad_id: int = 0) -> Iterator[Batch]:
     """`collate_flat` of many consecutive [start, end) slices of rows at once.
 
-    Row j is `values[starts[j] : starts[j] + lengths[j]]`. Every batch's padded matrix and mask are
-    filled by one gather into one buffer for all the slices (each batch a view of its part), so the
-    per-batch work is a reshape: the same batches as `collate_flat` slice by slice, a few numpy
-    calls per window of rows instead of per batch.
+    Row j is `values[starts[j] : starts[j] + lengths[j]]`. The padded matrices and masks of a group
+    of consecutive batches (up to GROUP_ELEMENTS padded tokens) are filled by one gather into one
+    buffer (each batch a view of its part), so the per-batch work is a reshape: the same batches as
+    `collate_flat` slice by slice, with a few numpy calls per group instead of per batch.
     """
     if not len(slices):
         return
     lengths = np.asarray(lengths, dtype=np.int64)
     first = np.array([s for s, _ in slices], dtype=np.int64)
     last = np.array([e for _, e in slices], dtype=np.int64)
-    begin, end = int(first[0]), int(last[-1])
     rows_per = last - first
+    begin, end = int(first[0]), int(last[-1])
     widths = np.maximum.reduceat(lengths[begin:end], first - begin) if end > begin else np.zeros(len(slices), dtype=np.int64)
     widths = np.where(rows_per > 0, widths, 0)
     sizes = rows_per * widths
+    group_start = 0
+    while group_start < len(slices):
+        group_end, group_size = group_start + 1, int(sizes[group_start])
+        while group_end < len(slices) and group_size + int(sizes[group_end]) <= GROUP_ELEMENTS:
+            group_size += int(sizes[group_end])
+            group_end += 1
+        yield from _collate_group(values, lengths, starts, first[group_start:group_end], rows_per[group_start:group_end], widths[group_start:group_end], sizes[group_start:group_end], keys, pad_id)
+        group_start = group_end
+
+
+def _collate_group(values, lengths, starts, first, rows_per, widths, sizes, keys, pad_id) -> Iterator[Batch]:
     offsets = np.cumsum(sizes) - sizes
     ids = np.full(int(sizes.sum()), pad_id, dtype=np.int64)
     mask = np.zeros(int(sizes.sum()), dtype=np.int64)
+    begin, end = int(first[0]), int(first[-1] + rows_per[-1])
     row_lengths = lengths[begin:end]
     total = int(row_lengths.sum())
     if total:
-        slice_of_row = np.repeat(np.arange(len(slices)), rows_per)
+        slice_of_row = np.repeat(np.arange(len(first)), rows_per)
         row_base = offsets[slice_of_row] + (np.arange(begin, end) - first[slice_of_row]) * widths[slice_of_row]
         within = np.arange(total, dtype=np.int64) - np.repeat(np.cumsum(row_lengths) - row_lengths, row_lengths)
         dest = np.repeat(row_base, row_lengths) + within
         ids[dest] = values[np.repeat(np.asarray(starts[begin:end], dtype=np.int64), row_lengths) + within]
         mask[dest] = 1
-    for k, (start, stop) in enumerate(slices):
-        n, width, offset = int(rows_per[k]), int(widths[k]), int(offsets[k])
+    for k in range(len(first)):
+        start, n, width, offset = int(first[k]), int(rows_per[k]), int(widths[k]), int(offsets[k])
         yield Batch(
-            rows=np.arange(start, stop), input_ids=ids[offset:offset + n * width].reshape(n, width),
-            attention_mask=mask[offset:offset + n * width].reshape(n, width), keys=None if keys is None else keys[start:stop],
+            rows=np.arange(start, start + n), input_ids=ids[offset:offset + n * width].reshape(n, width),
+            attention_mask=mask[offset:offset + n * width].reshape(n, width), keys=None if keys is None else keys[start:start + n],
         )
 
 

@@ -171,9 +171,12 @@ def test_a_partition_rewritten_after_the_plan_is_read_by_key_not_by_row(tmp_path
 
 
 @pytest.mark.parametrize("seed", range(5))
-def test_collating_many_slices_at_once_equals_collating_each(seed):
+@pytest.mark.parametrize("group_elements", [50, 96 * 1024])  # many groups of batches, or one
+def test_collating_many_slices_at_once_equals_collating_each(seed, group_elements, monkeypatch):
+    from embedding_assets.lib import batching
     from embedding_assets.lib.batching import collate_flat, collate_slices
 
+    monkeypatch.setattr(batching, "GROUP_ELEMENTS", group_elements)
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 400))
     lengths = rng.integers(0, 40, size=n)  # any order, empty rows too
