@@ -116,6 +116,14 @@ class DeltaSink:
 
         lake.create_table(self.lake_root, tables.EMBEDDINGS, rows.schema)
         files = writer.write_files(writer.PartitionFiles(self.uri, lake.storage_options(self.lake_root), tables.EMBEDDINGS, batch), rows)
+        # Every kept file is still there just before the commit names it (a commit naming a missing
+        # file would break every reader of the table).
+        import pyarrow.fs as pafs
+
+        missing = [p.key for p, info in zip(keep, self.filesystem.get_file_info([p.key for p in keep])) if info.type != pafs.FileType.File]
+        if missing:
+            files.discard()
+            raise RuntimeError(f"{len(missing)} checkpoint files of batch {batch!r} disappeared before the publish (first: {missing[0]}); nothing was published")
         files.kept = [
             AddAction(path=p.key, size=p.size_bytes, partition_values={"batch": batch}, modification_time=p.modification_time, data_change=True, stats=p.extra)
             for p in keep

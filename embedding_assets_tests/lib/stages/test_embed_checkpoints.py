@@ -245,3 +245,25 @@ def test_vacuum_keeps_a_runs_recorded_files_and_published_ones_and_removes_old_o
 
     embed.embed_batch(root, BATCH, _engine(TextIdBackend()), token_budget=48, commit_seconds=0.0, log=lambda _: None)
     _assert_one_row_per_chunk(root, chunk_texts)
+
+
+def test_a_checkpoint_file_deleted_before_the_publish_is_never_committed(tmp_path, keep_every_part, monkeypatch):
+    """Another process deleting a kept file between the swap's check and the commit (only two runs of
+    one batch at once could): the publish refuses, the table stays as it was, a rerun repairs."""
+    root = str(tmp_path)
+    chunk_texts = list(range(80))
+    _buckets(root, chunk_texts)
+    real_publish = DeltaSink.publish
+
+    def delete_then_publish(self, batch, keep, rows):
+        os.remove(os.path.join(root, tables.EMBEDDINGS, keep[0].key))
+        return real_publish(self, batch, keep, rows)
+
+    monkeypatch.setattr(DeltaSink, "publish", delete_then_publish)
+    with pytest.raises(RuntimeError, match="disappeared before the publish"):
+        embed.embed_batch(root, BATCH, _engine(TextIdBackend()), token_budget=48, commit_seconds=0.0, log=lambda _: None)
+    assert lake.read_partition(root, tables.EMBEDDINGS, BATCH).num_rows == 0  # nothing committed
+    monkeypatch.setattr(DeltaSink, "publish", real_publish)
+    embed.embed_batch(root, BATCH, _engine(TextIdBackend()), token_budget=48, commit_seconds=0.0, log=lambda _: None)
+    _assert_one_row_per_chunk(root, chunk_texts)
+    assert _files_in_folder(root) == _referenced(root)
