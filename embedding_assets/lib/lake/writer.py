@@ -12,8 +12,8 @@ feature these plain files lack (deletion vectors, column mapping, ...). Files wr
 kept uncommitted (the embeddings stage's checkpoints) can join that commit as they are (`kept`).
 
 Vector columns are written uncompressed (random floats do not compress: snappy only costs CPU)
-and as Arrow produced them (a fixed-size list is the same Parquet LIST as a list); the files carry
-no Arrow schema of their own, so every reader takes the Delta schema's types.
+and as Arrow produced them (a fixed-size list is the same Parquet LIST as a list); files with
+vectors carry no Arrow schema of their own, so every reader takes the Delta schema's types.
 """
 
 from __future__ import annotations
@@ -238,7 +238,9 @@ class PartitionFiles:
         compression = {f.name: ("none" if _is_vector(f.type) else "snappy") for f in self.file_schema}
         writer = pq.ParquetWriter(
             sink, schema, compression=compression, write_statistics=plain, use_dictionary=plain,
-            metadata_collector=footer, store_schema=False, memory_pool=_writer_pool(),
+            # A file with vectors keeps no Arrow schema: a fixed-size list is then read back as the
+            # list the Delta schema names (strict readers refuse a file whose Arrow schema says otherwise).
+            metadata_collector=footer, store_schema=not any(_is_vector(f.type) for f in self.file_schema), memory_pool=_writer_pool(),
         )
         self.file = {"path": path, "sink": sink, "writer": writer, "footer": footer, "schema": schema}
 
