@@ -309,11 +309,13 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     if isinstance(data, pa.RecordBatchReader):
         # A one-shot reader cannot be replayed after losing a create race: create the table empty.
         _create_empty(root, name, data.schema)
+        add_missing_columns(root, name, data.schema)
         writer.write_partition(uri, options, name, batch, data, mode="overwrite", app_transaction=app_transaction)
         return
     # The table is created empty first (a concurrent creator wins the race), so no data file ever
     # stands in the table's folder before its log does: data without a log means a lost log.
     _create_empty(root, name, writer.delta_schema(data.schema))
+    add_missing_columns(root, name, data.schema)
     props = writer.commit_properties(app_transaction)
     data = _conform(data, pa.schema(open_table(root, name).schema().to_arrow()))
     write_deltalake(
@@ -355,6 +357,36 @@ def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
     except Exception:
         if not exists(root, name):
             raise
+
+
+def add_missing_columns(root: str, name: str, schema: pa.Schema) -> list[str]:
+    """Evolves an existing table's schema to hold every column of `schema` it lacks, as nullable
+    columns (rows written before read back null in them), in one metadata commit; returns the
+    names added. A column the table has is left as it is; a concurrent run adding the same
+    columns is fine (the loser of the race finds them there)."""
+    from deltalake import Schema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    for attempt in range(writer.COMMIT_RETRIES):
+        table = _open_if_exists(root, name)
+        if table is None:
+            return []
+        have = set(pa.schema(table.schema().to_arrow()).names)
+        missing = [field.with_nullable(True) for field in schema if field.name not in have]
+        if not missing:
+            return []
+        try:
+            table.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields), commit_properties=writer.commit_properties())
+            return [field.name for field in missing]
+        except DeltaError as exc:
+            # A concurrent run may have added them first (or changed the metadata meanwhile).
+            if not isinstance(exc, CommitFailedError) or attempt == writer.COMMIT_RETRIES - 1:
+                table = _open_if_exists(root, name)
+                if table is not None and not {f.name for f in missing} - set(pa.schema(table.schema().to_arrow()).names):
+                    return []
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return []
 
 
 def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, int] | None = None) -> None:

@@ -5,6 +5,11 @@ chunked by a pool of `workers` processes (`parallel.ordered_map`, results in inp
 chunks go straight into the partition's writer (`lake.replace_partition` with a record batch
 reader: one commit, bounded memory). With one worker the same code runs inline, so the output is
 the same whatever the number of workers: same chunks, same ids, same order.
+
+Each document is tokenized once: every chunk keeps the token ids the chunker computed for it
+(`input_ids`, as the model reads them, with the tokenizer's fingerprint), so length_buckets
+reads them instead of tokenizing the text again. A chunks table created before these columns
+existed gets them (nullable) on its next write.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def chunk_batch(
         documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS)
         results = parallel.ordered_map(
             parallel.chunk_record_batch, text_slices(documents), workers,
-            initializer=parallel.init_chunker, initargs=(tokenizer.tokenizer.to_str(), max_tokens, overlap),
+            initializer=parallel.init_chunker,
+            initargs=(tokenizer.tokenizer.to_str(), max_tokens, overlap, None, tokenizer.fingerprint, tokenizer.max_seq_length),
         )
         for done in results:
             stats["documents"] += done.documents
@@ -67,9 +73,7 @@ def chunk_batch(
                 stats["chunks"] += n
                 stats["tokens"] += int(counts.sum())
                 stats["max_chunk_tokens"] = max(stats["max_chunk_tokens"], int(counts.max()))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array([batch] * n, pa.string()), *done.chunks.columns], schema=schema,
-                )
+                yield pa.RecordBatch.from_arrays([parallel.constant(batch, n), *done.chunks.columns], schema=schema)
             if time.monotonic() - last_log[0] > 10:
                 last_log[0] = time.monotonic()
                 log(f"chunking {batch}: {stats['documents']} documents, {stats['chunks']} chunks")
