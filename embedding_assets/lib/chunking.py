@@ -133,12 +133,15 @@ class Chunker:
 
     def iter_split(self, text: str) -> Iterator[Chunk]:
         """The chunks of `text`, in order, made as they are consumed."""
+        whole = None
         if len(text) <= self.segment_chars:
-            single = self._single_chunk(text)
+            whole = self.tokenizer.encode(text, add_special_tokens=False)
+            single = self._single_chunk(text, whole)
             if single is not None:
                 yield from single
                 return
-        tokens = _Tokens(self._token_spans(text), text)
+        # A text of one segment was just tokenized whole: its first (only) segment reuses that.
+        tokens = _Tokens(self._token_spans(text, whole), text)
         if tokens.at_end(0):
             return
         start, index = 0, 0
@@ -152,11 +155,11 @@ class Chunker:
             start = self._next_start(tokens, start, end)
             tokens.release(start)
 
-    def _single_chunk(self, text: str) -> list[Chunk] | None:
-        """The chunks of a document of one segment that fits one window: [] without tokens, [the
-        chunk] when it re-tokenizes within the limit; None when the general path must decide.
-        The same chunk the general path makes, without ranking the gaps (no cut is needed)."""
-        plain = self.tokenizer.encode(text, add_special_tokens=False)
+    def _single_chunk(self, text: str, plain) -> list[Chunk] | None:
+        """The chunks of a document of one segment that fits one window (`plain`: the text's
+        encoding without special tokens): [] without tokens, [the chunk] when it re-tokenizes
+        within the limit; None when the general path must decide. The same chunk the general
+        path makes, without ranking the gaps (no cut is needed)."""
         if not len(plain):
             return []
         if len(plain) > self.window:
@@ -217,19 +220,22 @@ class Chunker:
 
     # ------------------------------------------------------------ tokenizing in segments
 
-    def _spans(self, text: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Character spans (document offsets) of the tokens of text[lo:hi] tokenized alone."""
-        offsets = self.tokenizer.encode(text[lo:hi], add_special_tokens=False).offsets
-        spans = np.array(offsets, dtype=np.int64).reshape(-1, 2)
+    def _spans(self, text: str, lo: int, hi: int, encoding=None) -> tuple[np.ndarray, np.ndarray]:
+        """Character spans (document offsets) of the tokens of text[lo:hi] tokenized alone
+        (`encoding`: that tokenization, when the caller has it)."""
+        if encoding is None:
+            encoding = self.tokenizer.encode(text[lo:hi], add_special_tokens=False)
+        spans = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         spans += lo
         return spans[:, 0].copy(), spans[:, 1].copy()
 
-    def _token_spans(self, text: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The spans of the document's tokens, as consecutive non-empty blocks of (starts, ends)."""
+    def _token_spans(self, text: str, whole=None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """The spans of the document's tokens, as consecutive non-empty blocks of (starts, ends)
+        (`whole`: the whole text's encoding, when the caller has it)."""
         size = len(text)
         pos = 0  # tokens before `pos` are out; the tokenization restarts cleanly at `pos`
         end = _segment_end(text, pos, self.segment_chars, self._punctuation_seams)
-        current = self._spans(text, pos, end)
+        current = self._spans(text, pos, end, whole if end >= size else None)
         while True:
             if end >= size:
                 if len(current[0]):

@@ -722,7 +722,7 @@ def test_iter_split_is_lazy_and_split_is_its_list():
     c = segmented(64, 8, 2048, 512)
     calls = []
     original = c._spans
-    c._spans = lambda t, lo, hi: calls.append((lo, hi)) or original(t, lo, hi)
+    c._spans = lambda t, lo, hi, encoding=None: calls.append((lo, hi)) or original(t, lo, hi, encoding)
     try:
         first = next(c.iter_split(text))
         assert max(hi for _, hi in calls) < len(text) // 2, "the first chunk must not tokenize the whole document"
@@ -780,3 +780,30 @@ def test_chunking_a_large_document_stays_within_a_few_times_its_size():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["chunks"] > 1000
     assert result["extra"] <= 10 * result["size"], f"chunking took {result['extra'] / 2**20:.0f} MiB for {result['size'] / 2**20:.1f} MiB of text"
+
+
+class _CountingTokenizer:
+    """The chunker's tokenizer, counting the characters it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.chars = tokenizer, 0
+
+    def encode(self, text, **kwargs):
+        self.chars += len(text)
+        return self.tokenizer.encode(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_document_of_one_segment_is_tokenized_whole_once():
+    """A document longer than one window but within one segment: the tokenization that found it
+    too long for one chunk is the one the cuts are made on (only the chunks are encoded again)."""
+    text = json_doc()[:30000]
+    c = chunker(64, 8)
+    counting = _CountingTokenizer(c.tokenizer)
+    c.tokenizer = counting
+    got = c.split(text)
+    chunk_chars = sum(len(ch.text) for ch in got)
+    assert counting.chars <= len(text) + chunk_chars + 64 * len(got), (counting.chars, len(text), chunk_chars)
+    assert got == chunker(64, 8).split(text)
