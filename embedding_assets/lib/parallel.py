@@ -23,7 +23,9 @@ import multiprocessing
 import os
 import pickle
 import sys
+import queue
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
@@ -97,6 +99,55 @@ def ordered_map(
         if init_file is not None:
             with contextlib.suppress(OSError):
                 os.unlink(init_file.name)
+
+
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced on a background thread at most `depth` items ahead of the consumer: the
+    producer's Arrow and numpy work (decoding, sorting, merging; they release the GIL) overlaps the
+    consumer's (encoding Parquet). An exception of the producer is raised here, in order; when the
+    consumer stops early the producer stops too (its generator is closed on its own thread)."""
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((_ITEM, item)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_ERROR, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind is _END:
+                return
+            if kind is _ERROR:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        producer.join()
+
+
+_ITEM, _END, _ERROR = object(), object(), object()
 
 
 def _initialize_from_file(path: str) -> None:

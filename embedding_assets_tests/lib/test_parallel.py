@@ -190,3 +190,37 @@ def test_parallel_tokenizing_equals_the_models_encoding(workers):
     assert lengths.tolist() == [len(x) for x in expected]
     assert ids.tolist() == [t for x in expected for t in x]
     assert lengths[-1] == info().max_seq_length
+
+
+def test_prefetched_keeps_order_raises_in_turn_and_stops_with_its_consumer():
+    import threading
+
+    assert list(parallel.prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad item")
+
+    got = []
+    with pytest.raises(ValueError, match="bad item"):
+        for x in parallel.prefetched(failing()):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = threading.Event()
+    produced = []
+
+    def endless():
+        try:
+            for i in range(10**9):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    items = parallel.prefetched(endless(), depth=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()
+    assert closed.wait(5), "the producer's generator is closed when the consumer stops"
+    assert len(produced) <= 3 + 2 + 1

@@ -15,6 +15,7 @@ read batch per run, whatever the partition's size; the output is the same for an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Iterator
@@ -34,6 +35,7 @@ from embedding_assets.lib.stages.common import Log
 BUCKET_WIDTH = 16
 SLICE_CHUNKS = 2048  # chunks handed to a worker at a time
 SLICE_TEXT_BYTES = 1 << 20
+READ_CHUNKS = 8192  # chunks rows decoded at a time when their ids are stored
 RUN_ROWS = 65_536  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
 
 # What a sorted run holds: the output columns that vary per row, and the row's place in chunks.
@@ -68,8 +70,11 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
     if reason:
         log(f"tokenizing the chunks of {batch}: {reason}")
     parts = _tokenized(lake_root, batch, tokenizer, workers) if reason else _stored(lake_root, batch)
+    if workers > 1:
+        # A second core: reading (and tokenizing) runs ahead of sorting, merging ahead of writing.
+        parts = parallel.prefetched(parts)
 
-    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS) as runs:
+    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS) as runs, contextlib.closing(parts):
         for part in parts:
             stats["tokenized_texts"] += part.pop()
             runs.add(part[0])
@@ -95,7 +100,7 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                 stats["max_tokens"] = max(stats["max_tokens"], int(lengths.max()))
                 buckets.update(np.unique(bucket).tolist())
                 yield pa.RecordBatch.from_arrays([
-                    pa.array([batch] * n, pa.string()),
+                    parallel.constant(batch, n),
                     part.column("chunk_id"),
                     part.column("doc_id"),
                     part.column("text_hash"),
@@ -103,11 +108,13 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                     pa.array(bucket),
                     part.column("n_tokens"),
                     part.column("input_ids"),
-                    pa.array([tokenizer.fingerprint] * n, pa.string()),
+                    parallel.constant(tokenizer.fingerprint, n),
                 ], schema=tables.LENGTH_BUCKETS)
                 position += n
 
-        lake.replace_partition(lake_root, tables.BUCKETS, batch, pa.RecordBatchReader.from_batches(tables.LENGTH_BUCKETS, ordered()))
+        rows = parallel.prefetched(ordered(), depth=4) if workers > 1 else ordered()
+        with contextlib.closing(rows):  # a failed write stops the merge before the runs go
+            lake.replace_partition(lake_root, tables.BUCKETS, batch, pa.RecordBatchReader.from_batches(tables.LENGTH_BUCKETS, rows))
         spilled_runs = len(runs.runs)
     if stats["chunks"] == 0:
         log(f"chunks has no rows for batch {batch!r}: wrote an empty length_buckets partition")
@@ -151,7 +158,7 @@ def _stored(lake_root: str, batch: str) -> Iterator[list]:
     """[run rows, 0] for every record batch of chunks, in chunks order, with the ids chunks stored."""
     next_row = 0
     columns = ["chunk_id", "doc_id", "text_hash", "input_ids"]
-    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=columns, batch_size=SLICE_CHUNKS):
+    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=columns, batch_size=READ_CHUNKS):
         n = part.num_rows
         if not n:
             continue

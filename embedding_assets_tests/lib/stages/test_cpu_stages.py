@@ -78,6 +78,7 @@ def test_chunks_and_length_buckets_same_for_one_and_two_workers_and_as_before(tm
     # Small slices and runs: many work items, several sorted runs and a multi-pass merge.
     monkeypatch.setattr(chunks, "SLICE_DOCUMENTS", 50)
     monkeypatch.setattr(buckets, "SLICE_CHUNKS", 64)
+    monkeypatch.setattr(buckets, "READ_CHUNKS", 64)
     monkeypatch.setattr(buckets, "RUN_ROWS", 100)
     monkeypatch.setattr(spill, "FAN_IN", 3)
     outputs = {}
@@ -138,11 +139,12 @@ def test_length_buckets_from_stored_ids_equal_tokenizing_the_texts(tmp_path, tok
     _raw(root, BATCH, texts)
     monkeypatch.setattr(chunks, "SLICE_DOCUMENTS", 20)
     monkeypatch.setattr(buckets, "RUN_ROWS", 150)
+    monkeypatch.setattr(buckets, "READ_CHUNKS", 100)
     chunks.chunk_batch(root, BATCH, tokenizer, 64, 8, log=quiet, workers=2)
     stored = {}
     for workers in (1, 2):
         info = buckets.bucket_batch(root, BATCH, tokenizer, log=quiet, workers=workers)
-        assert info["token_ids"] == "made by chunks" and info["tokenized_texts"] == 0
+        assert info["token_ids"] == "made by chunks" and info["tokenized_texts"] == 0 and info["sorted_runs"] > 3
         stored[workers] = lake.read_partition(root, tables.BUCKETS, BATCH)
     assert stored[1].equals(stored[2])
     messages = []
