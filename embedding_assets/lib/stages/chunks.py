@@ -28,7 +28,7 @@ from embedding_assets.lib.stages.common import Log
 # A slice handed to a worker: at most this many documents or (about) this much text. Small enough
 # that a few slices in flight per worker stay a few MB; large enough to amortize the hand-over.
 SLICE_DOCUMENTS = 1024
-SLICE_TEXT_BYTES = 2 << 20
+SLICE_TEXT_BYTES = 512 << 10
 READ_ROWS = 256  # raw_documents rows decoded at a time (documents can be large)
 
 
