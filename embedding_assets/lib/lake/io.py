@@ -278,8 +278,10 @@ def read_partition(root: str, name: str, batch: str, columns: list[str] | None =
     return dataset(root, name, table).to_table(columns=columns, filter=expression)
 
 
-def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
-    """One partition, streamed in record batches (bounded memory)."""
+def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None, *, read_ahead: bool = True) -> Iterator[pa.RecordBatch]:
+    """One partition, streamed in record batches (bounded memory). Without `read_ahead`, one row
+    group is read and decoded at a time (no batches decoded ahead, no file's column chunks
+    buffered whole): for large values such as document texts."""
     validate_batch(batch)
     table = _open_if_exists(root, name)
     if table is None:
@@ -287,7 +289,12 @@ def scan_partition(root: str, name: str, batch: str, columns: list[str] | None =
     expression = _partition_filter(batch) if filter is None else (_partition_filter(batch) & filter)
     # Decoded on the consuming thread: pyarrow's threaded scan reads ahead without bound behind a
     # slow consumer (whatever its read-ahead settings say), holding hundreds of MB of vectors.
-    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, use_threads=False)
+    options = {}
+    if not read_ahead:
+        import pyarrow.dataset as pads
+
+        options = {"batch_readahead": 0, "fragment_readahead": 0, "fragment_scan_options": pads.ParquetFragmentScanOptions(pre_buffer=False)}
+    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, use_threads=False, **options)
 
 
 def read_table(root: str, name: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:

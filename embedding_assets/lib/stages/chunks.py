@@ -54,7 +54,7 @@ def chunk_batch(
     schema = tables.CHUNKS_SCHEMA
 
     def chunk_batches() -> Iterator[pa.RecordBatch]:
-        documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS)
+        documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS, read_ahead=False)
         results = parallel.ordered_map(
             parallel.chunk_record_batch, text_slices(documents), workers,
             initializer=parallel.init_chunker,
