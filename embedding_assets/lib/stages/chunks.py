@@ -29,6 +29,7 @@ from embedding_assets.lib.stages.common import Log
 # that a few slices in flight per worker stay a few MB; large enough to amortize the hand-over.
 SLICE_DOCUMENTS = 1024
 SLICE_TEXT_BYTES = 512 << 10
+IN_FLIGHT_PER_WORKER = 4  # slices handed out and not yet written, per worker
 READ_ROWS = 256  # raw_documents rows decoded at a time (documents can be large)
 
 
@@ -57,6 +58,7 @@ def chunk_batch(
         documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS, read_ahead=False)
         results = parallel.ordered_map(
             parallel.chunk_record_batch, text_slices(documents), workers,
+            max_in_flight=IN_FLIGHT_PER_WORKER * workers,  # the workers never wait for this process
             initializer=parallel.init_chunker,
             initargs=(tokenizer.tokenizer.to_str(), max_tokens, overlap, None, tokenizer.fingerprint, tokenizer.max_seq_length),
         )
