@@ -10,6 +10,11 @@ word boundary.
 
 Every chunk is re-tokenized with special tokens before it is returned and trimmed if needed, so no
 chunk is longer than the model's maximum sequence length, whatever the tokenizer does at the edges.
+One exception gives the same result without the work: under a tokenizer that tokenizes each word on
+its own (BERT's pre-tokenizer, normalizer and WordPiece: `_word_local`), a chunk that starts and ends
+between words (`_between_words`) has exactly the document's tokens over its span, so its count and
+ids (the template's special tokens around them) are taken from the document's tokenization.
+With `keep_ids`, each chunk carries its ids: what tokenizing its text with special tokens gives.
 
 Memory is bounded by a segment, not by the document: the text is tokenized in segments of about
 `segment_chars` characters, the spans and ranks of its tokens live in numpy arrays for the range of
