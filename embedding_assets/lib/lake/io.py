@@ -316,13 +316,11 @@ def replace_partition(root: str, name: str, batch: str, data: pa.Table | pa.Reco
     if isinstance(data, pa.RecordBatchReader):
         # A one-shot reader cannot be replayed after losing a create race: create the table empty.
         _create_empty(root, name, data.schema)
-        add_missing_columns(root, name, data.schema)
         writer.write_partition(uri, options, name, batch, data, mode="overwrite", app_transaction=app_transaction)
         return
     # The table is created empty first (a concurrent creator wins the race), so no data file ever
     # stands in the table's folder before its log does: data without a log means a lost log.
     _create_empty(root, name, writer.delta_schema(data.schema))
-    add_missing_columns(root, name, data.schema)
     props = writer.commit_properties(app_transaction)
     data = _conform(data, pa.schema(open_table(root, name).schema().to_arrow()))
     write_deltalake(

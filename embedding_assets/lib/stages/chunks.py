@@ -23,6 +23,7 @@ import pyarrow as pa
 from embedding_assets.lib import lake, parallel, settings
 from embedding_assets.lib.encoders import TokenizerInfo
 from embedding_assets.lib.lake import tables
+from embedding_assets.lib.lake.io import add_missing_columns
 from embedding_assets.lib.stages.common import Log
 
 # A slice handed to a worker: at most this many documents or (about) this much text. Small enough
@@ -80,6 +81,10 @@ def chunk_batch(
                 last_log[0] = time.monotonic()
                 log(f"chunking {batch}: {stats['documents']} documents, {stats['chunks']} chunks")
 
+    # A chunks table written before chunks stored token ids gets the columns (null in its old rows).
+    added = add_missing_columns(lake_root, tables.CHUNKS, schema)
+    if added:
+        log(f"chunks table: added the columns {', '.join(added)} (null in the rows written before)")
     lake.replace_partition(lake_root, tables.CHUNKS, batch, pa.RecordBatchReader.from_batches(schema, chunk_batches()))
     if stats["documents"] == 0:
         log(f"raw_documents has no rows for batch {batch!r}: wrote an empty chunks partition")

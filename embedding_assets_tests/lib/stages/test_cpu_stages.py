@@ -178,7 +178,9 @@ def test_a_chunks_table_of_the_earlier_schema_gains_the_id_columns(tmp_path, tok
     assert "input_ids" not in lake.dataset(root, tables.CHUNKS).schema.names
 
     messages = []
-    chunks.chunk_batch(root, BATCH, tokenizer, 256, 32, log=quiet, workers=1)
+    chunks.chunk_batch(root, BATCH, tokenizer, 256, 32, log=messages.append, workers=1)
+    assert messages == ["chunks table: added the columns input_ids, tokenizer (null in the rows written before)"]
+    messages.clear()
     assert {"input_ids", "tokenizer"} <= set(lake.dataset(root, tables.CHUNKS).schema.names)
     old_back = lake.read_partition(root, tables.CHUNKS, "old")
     assert old_back.column("input_ids").null_count == old_back.column("tokenizer").null_count == len(rows)
