@@ -179,7 +179,8 @@ def test_a_chunks_table_of_the_earlier_schema_gains_the_id_columns(tmp_path, tok
 
     messages = []
     chunks.chunk_batch(root, BATCH, tokenizer, 256, 32, log=messages.append, workers=1)
-    assert messages == ["chunks table: added the columns input_ids, tokenizer (null in the rows written before)"]
+    assert messages[0] == "chunks table: added the columns input_ids, tokenizer (null in the rows written before)"
+    assert not any("added the columns" in m for m in messages[1:])
     messages.clear()
     assert {"input_ids", "tokenizer"} <= set(lake.dataset(root, tables.CHUNKS).schema.names)
     old_back = lake.read_partition(root, tables.CHUNKS, "old")
