@@ -36,7 +36,8 @@ BUCKET_WIDTH = 16
 SLICE_CHUNKS = 2048  # chunks handed to a worker at a time
 SLICE_TEXT_BYTES = 1 << 20
 READ_CHUNKS = 8192  # chunks rows decoded at a time when their ids are stored
-RUN_ROWS = 65_536  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
+RUN_ROWS = 65_536
+RUN_BYTES = 16 << 20  # ... or this much of ids and keys (long chunks: a run of a few thousand rows)  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
 
 # What a sorted run holds: the output columns that vary per row, and the row's place in chunks.
 _RUN_SCHEMA = pa.schema([
@@ -74,7 +75,7 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
         # A second core: reading (and tokenizing) runs ahead of sorting, merging ahead of writing.
         parts = parallel.prefetched(parts)
 
-    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS) as runs, contextlib.closing(parts):
+    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS, run_bytes=RUN_BYTES) as runs, contextlib.closing(parts):
         for part in parts:
             stats["tokenized_texts"] += part.pop()
             runs.add(part[0])
@@ -158,7 +159,8 @@ def _stored(lake_root: str, batch: str) -> Iterator[list]:
     """[run rows, 0] for every record batch of chunks, in chunks order, with the ids chunks stored."""
     next_row = 0
     columns = ["chunk_id", "doc_id", "text_hash", "input_ids"]
-    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=columns, batch_size=READ_CHUNKS):
+    # One row group at a time: read-ahead would hold up to 16 batches of ids per file, for 4 files.
+    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=columns, batch_size=READ_CHUNKS, read_ahead=False):
         n = part.num_rows
         if not n:
             continue
