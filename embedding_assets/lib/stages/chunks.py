@@ -142,6 +142,10 @@ def _offsets(column: pa.Array) -> np.ndarray:
 
 
 def _combine(pieces: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """The pieces as one record batch that owns just its rows' data: a slice handed to a worker is
+    pickled with every buffer it points into (a slice of a decoded row group would carry the whole
+    row group, 16 MB for a few documents)."""
     if len(pieces) == 1:
-        return pieces[0]
+        piece = pieces[0]
+        return piece.take(pa.array(np.arange(piece.num_rows, dtype=np.int64)))
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]

@@ -474,3 +474,17 @@ def test_cpu_workers_default_to_the_available_cpus(monkeypatch):
     monkeypatch.setenv("EMBEDDING_CPU_WORKERS", "0")
     with pytest.raises(ValueError, match="EMBEDDING_CPU_WORKERS"):
         settings.cpu_workers()
+
+
+def test_slices_handed_to_workers_carry_only_their_own_rows():
+    """A slice pickled for a worker holds its rows' text, not the buffers of the row group it was
+    cut from (a few long documents of a decoded 16 MB row group would each carry 16 MB)."""
+    import pickle
+
+    texts = [f"document {i} " + "word " * 20_000 for i in range(100)]  # ~10 MB
+    whole = pa.record_batch([pa.array([f"d{i}" for i in range(100)]), pa.array(texts, pa.large_string())], names=["doc_id", "text"])
+    slices = list(chunks.text_slices([whole.slice(10, 80)], max_rows=1024, max_bytes=300_000))
+    assert [r for s in slices for r in s.column("doc_id").to_pylist()] == [f"d{i}" for i in range(10, 90)]
+    for part in slices:
+        own = sum(len(t.encode()) for t in part.column("text").to_pylist())
+        assert len(pickle.dumps(part)) < own + 64 * 1024, (len(pickle.dumps(part)), own)
