@@ -41,6 +41,8 @@ DESCRIPTIONS: dict[str, dict[str, str]] = {
         "n_tokens": "Tokens in the chunk under the model's tokenizer, special tokens included.",
         "char_start": "Offset of the chunk's first character in the document's text.",
         "char_end": "Offset just past the chunk's last character in the document's text.",
+        "input_ids": "The chunk's token ids as the model reads them (special tokens included, truncated to its max sequence length), made while chunking; null in rows written before chunks stored ids.",
+        "tokenizer": "Fingerprint of the tokenizer that produced input_ids (null where input_ids is).",
     },
     "length_buckets": {
         "batch": "The landed batch (partition key).",

@@ -10,6 +10,11 @@ word boundary.
 
 Every chunk is re-tokenized with special tokens before it is returned and trimmed if needed, so no
 chunk is longer than the model's maximum sequence length, whatever the tokenizer does at the edges.
+One exception gives the same result without the work: under a tokenizer that tokenizes each word on
+its own (BERT's pre-tokenizer, normalizer and WordPiece: `_word_local`), a chunk that starts and ends
+between words (`_between_words`) has exactly the document's tokens over its span, so its count and
+ids (the template's special tokens around them) are taken from the document's tokenization.
+With `keep_ids`, each chunk carries its ids: what tokenizing its text with special tokens gives.
 
 Memory is bounded by a segment, not by the document: the text is tokenized in segments of about
 `segment_chars` characters, the spans and ranks of its tokens live in numpy arrays for the range of
@@ -26,6 +31,7 @@ import hashlib
 import json
 import re
 import string
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -123,6 +129,7 @@ class Chunker:
         self.seam_chars = seam_chars
         self.keep_ids = keep_ids
         self._punctuation_seams = _splits_at_punctuation(self.tokenizer)
+        self._word_local = _word_local(self.tokenizer, self.special_tokens)
 
     def size_problem(self, text: str) -> str | None:
         """Why `text` is too large for this chunker (`max_document_chars`), or None."""
@@ -133,12 +140,15 @@ class Chunker:
 
     def iter_split(self, text: str) -> Iterator[Chunk]:
         """The chunks of `text`, in order, made as they are consumed."""
+        whole = None
         if len(text) <= self.segment_chars:
-            single = self._single_chunk(text)
+            whole = self.tokenizer.encode(text, add_special_tokens=False)
+            single = self._single_chunk(text, whole)
             if single is not None:
                 yield from single
                 return
-        tokens = _Tokens(self._token_spans(text), text)
+        # A text of one segment was just tokenized whole: its first (only) segment reuses that.
+        tokens = _Tokens(self._token_spans(text, whole), text)
         if tokens.at_end(0):
             return
         start, index = 0, 0
@@ -152,11 +162,11 @@ class Chunker:
             start = self._next_start(tokens, start, end)
             tokens.release(start)
 
-    def _single_chunk(self, text: str) -> list[Chunk] | None:
-        """The chunks of a document of one segment that fits one window: [] without tokens, [the
-        chunk] when it re-tokenizes within the limit; None when the general path must decide.
-        The same chunk the general path makes, without ranking the gaps (no cut is needed)."""
-        plain = self.tokenizer.encode(text, add_special_tokens=False)
+    def _single_chunk(self, text: str, plain) -> list[Chunk] | None:
+        """The chunks of a document of one segment that fits one window (`plain`: the text's
+        encoding without special tokens): [] without tokens, [the chunk] when it re-tokenizes
+        within the limit; None when the general path must decide. The same chunk the general
+        path makes, without ranking the gaps (no cut is needed)."""
         if not len(plain):
             return []
         if len(plain) > self.window:
@@ -203,6 +213,17 @@ class Chunker:
             char_start = int(tokens.starts[a - tokens.base])
             char_end = int(tokens.ends[b - 1 - tokens.base])
             piece = text[char_start:char_end]
+            if (
+                self._word_local is not None and b - a <= self.window
+                and _between_words(text, char_start) and _between_words(text, char_end)
+            ):
+                # Whole words, under a tokenizer that tokenizes each word on its own:
+                # re-tokenizing the piece gives these very tokens.
+                ids = None
+                if self.keep_ids:
+                    prefix, suffix = self._word_local
+                    ids = np.concatenate((prefix, tokens.ids[a - tokens.base:b - tokens.base], suffix))
+                return Chunk(index, piece, char_start, char_end, b - a + self.special_tokens, ids), b
             encoding = self.tokenizer.encode(piece, add_special_tokens=True)
             count = len(encoding)
             if count <= self.max_tokens:
@@ -217,19 +238,22 @@ class Chunker:
 
     # ------------------------------------------------------------ tokenizing in segments
 
-    def _spans(self, text: str, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        """Character spans (document offsets) of the tokens of text[lo:hi] tokenized alone."""
-        offsets = self.tokenizer.encode(text[lo:hi], add_special_tokens=False).offsets
-        spans = np.array(offsets, dtype=np.int64).reshape(-1, 2)
+    def _spans(self, text: str, lo: int, hi: int, encoding=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Character spans (document offsets) and ids of the tokens of text[lo:hi] tokenized alone
+        (`encoding`: that tokenization, when the caller has it)."""
+        if encoding is None:
+            encoding = self.tokenizer.encode(text[lo:hi], add_special_tokens=False)
+        spans = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
         spans += lo
-        return spans[:, 0].copy(), spans[:, 1].copy()
+        return spans[:, 0].copy(), spans[:, 1].copy(), np.array(encoding.ids, dtype=np.int32)
 
-    def _token_spans(self, text: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """The spans of the document's tokens, as consecutive non-empty blocks of (starts, ends)."""
+    def _token_spans(self, text: str, whole=None) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """The spans of the document's tokens, as consecutive non-empty blocks of (starts, ends, ids)
+        (`whole`: the whole text's encoding, when the caller has it)."""
         size = len(text)
         pos = 0  # tokens before `pos` are out; the tokenization restarts cleanly at `pos`
         end = _segment_end(text, pos, self.segment_chars, self._punctuation_seams)
-        current = self._spans(text, pos, end)
+        current = self._spans(text, pos, end, whole if end >= size else None)
         while True:
             if end >= size:
                 if len(current[0]):
@@ -248,7 +272,7 @@ class Chunker:
                 current = self._spans(text, pos, end)
                 continue
             if keep:
-                yield current[0][:keep], current[1][:keep]
+                yield current[0][:keep], current[1][:keep], current[2][:keep]
             pos, end, current = seam, next_end, following
 
 
@@ -281,10 +305,60 @@ def _splits_at_punctuation(tokenizer: Tokenizer) -> bool:
     return pre.get("type") == "BertPreTokenizer"
 
 
+def _word_boundary(char: str) -> bool:
+    """Whether a character separates words for every BERT-style tokenizer, whatever its
+    normalizer's settings: a space, tab, newline or carriage return, or a space separator (Zs)."""
+    return char in " \t\n\r" or unicodedata.category(char) == "Zs"
+
+
+def _between_words(text: str, i: int) -> bool:
+    """Whether position i (before text[i]) lies between two words for every BERT-style tokenizer:
+    an end of the text, a `_word_boundary` character on either side, or an ASCII punctuation mark
+    (a word of its own, which no normalizer changes) on either side."""
+    if i <= 0 or i >= len(text):
+        return True
+    before, after = text[i - 1], text[i]
+    return before in _ASCII_PUNCTUATION or after in _ASCII_PUNCTUATION or _word_boundary(before) or _word_boundary(after)
+
+
+def _word_local(tokenizer: Tokenizer, special_tokens: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids before, ids after the text) that the tokenizer adds, when it tokenizes every word on
+    its own (BERT's pre-tokenizer and normalizer, a WordPiece model, special tokens that match no
+    whitespace) and adds fixed ids around a single text; None for any other tokenizer. Under such
+    a tokenizer, text between two `_word_boundary` characters tokenizes to the same tokens alone
+    as inside its document (see `_between_words`)."""
+    spec = json.loads(tokenizer.to_str())
+    if (spec.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer":
+        return None
+    if (spec.get("model") or {}).get("type") != "WordPiece":
+        return None
+    if spec.get("normalizer") is not None and spec["normalizer"].get("type") != "BertNormalizer":
+        return None
+    for added in spec.get("added_tokens") or ():
+        content = added.get("content", "")
+        if added.get("lstrip") or added.get("rstrip") or added.get("single_word") or not content or any(_word_boundary(c) or c.isspace() for c in content):
+            return None
+    around = None
+    for probe in ("a", "hello, world", "x\n\ny z"):
+        plain = tokenizer.encode(probe, add_special_tokens=False).ids
+        full = tokenizer.encode(probe, add_special_tokens=True).ids
+        starts = [k for k in range(len(full) - len(plain) + 1) if full[k:k + len(plain)] == plain]
+        if not plain or not starts:
+            return None
+        k = starts[0]
+        found = (tuple(full[:k]), tuple(full[k + len(plain):]))
+        if around is not None and found != around:
+            return None
+        around = found
+    if around is None or len(around[0]) + len(around[1]) != special_tokens:
+        return None
+    return np.array(around[0], dtype=np.int32), np.array(around[1], dtype=np.int32)
+
+
 def _seam_agrees(current, following, seam: int, check_end: int) -> int | None:
     """How many tokens of `current` lie before `seam` if both tokenizations give the same tokens
     over [seam, check_end) and no token of `current` crosses the seam; None if they differ."""
-    starts, ends = current
+    starts, ends, ids = current
     keep = int(np.searchsorted(starts, seam, side="left"))
     if keep and ends[keep - 1] > seam:
         return None  # a token crosses the seam: the seam is inside a word
@@ -292,6 +366,7 @@ def _seam_agrees(current, following, seam: int, check_end: int) -> int | None:
     theirs = slice(0, int(np.searchsorted(following[1], check_end, side="right")))
     if not (
         np.array_equal(starts[mine], following[0][theirs]) and np.array_equal(ends[mine], following[1][theirs])
+        and np.array_equal(ids[mine], following[2][theirs])
     ):
         return None
     return keep
@@ -302,13 +377,14 @@ class _Tokens:
     a sliding range of token indexes [base, base + len): read ahead segment by segment as the
     chunker asks for tokens, and dropped once the chunker has moved past them."""
 
-    def __init__(self, blocks: Iterator[tuple[np.ndarray, np.ndarray]], text: str):
+    def __init__(self, blocks: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], text: str):
         self._blocks = blocks
         self._text = text
         self._previous: tuple[int, int] | None = None
         self.base = 0
         self.starts = np.empty(0, dtype=np.int64)
         self.ends = np.empty(0, dtype=np.int64)
+        self.ids = np.empty(0, dtype=np.int32)
         self.ranks = np.empty(0, dtype=np.int8)  # ranks[i - base] = rank of the gap before token i
         self.total: int | None = None  # the number of tokens, once the last segment is read
 
@@ -318,11 +394,12 @@ class _Tokens:
             self.total = self.base + len(self.starts)
             self.ranks = np.append(self.ranks, np.int8(PARAGRAPH))  # the end of the document
             return
-        starts, ends = block
+        starts, ends, ids = block
         ranks = _block_ranks(self._text, starts, ends, self._previous)
         self._previous = (int(starts[-1]), int(ends[-1]))
         self.starts = np.concatenate((self.starts, starts))
         self.ends = np.concatenate((self.ends, ends))
+        self.ids = np.concatenate((self.ids, ids))
         self.ranks = np.concatenate((self.ranks, ranks))
 
     def ensure(self, i: int) -> None:
@@ -344,6 +421,7 @@ class _Tokens:
         if drop > 0 and drop * 2 >= len(self.starts):
             self.starts = self.starts[drop:].copy()
             self.ends = self.ends[drop:].copy()
+            self.ids = self.ids[drop:].copy()
             self.ranks = self.ranks[drop:].copy()
             self.base = i
 

@@ -17,12 +17,15 @@ of ints, which are slow to pickle back from a worker.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import itertools
 import multiprocessing
 import os
 import pickle
 import sys
+import queue
 import tempfile
+import threading
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence, TypeVar
@@ -31,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
-from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
+from embedding_assets.lib.chunking import Chunker, chunk_id
 from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA
 
 T = TypeVar("T")
@@ -98,6 +101,55 @@ def ordered_map(
                 os.unlink(init_file.name)
 
 
+def prefetched(items: Iterable[T], depth: int = 2) -> Iterator[T]:
+    """`items`, produced on a background thread at most `depth` items ahead of the consumer: the
+    producer's Arrow and numpy work (decoding, sorting, merging; they release the GIL) overlaps the
+    consumer's (encoding Parquet). An exception of the producer is raised here, in order; when the
+    consumer stops early the producer stops too (its generator is closed on its own thread)."""
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        source = iter(items)
+        try:
+            for item in source:
+                if not put((_ITEM, item)):
+                    return
+            put((_END, None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put((_ERROR, exc))
+        finally:
+            close = getattr(source, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefetch", daemon=True)
+    producer.start()
+    try:
+        while True:
+            kind, value = slots.get()
+            if kind is _END:
+                return
+            if kind is _ERROR:
+                raise value
+            yield value
+    finally:
+        stop.set()
+        producer.join()
+
+
+_ITEM, _END, _ERROR = object(), object(), object()
+
+
 def _initialize_from_file(path: str) -> None:
     """A pool worker's initializer: the real one and its arguments, read from `path`."""
     with open(path, "rb") as handle:
@@ -131,6 +183,8 @@ def _without_main_script(active: bool):
 CHUNK_COLUMNS = pa.schema([f for f in CHUNKS_SCHEMA if f.name != "batch"])
 
 _chunker: Chunker | None = None
+# (fingerprint, max_length, truncating tokenizer) when the chunker keeps each chunk's ids.
+_ids_of: tuple[str, int | None, Tokenizer | None] | None = None
 _tokenizer: Tokenizer | None = None
 
 
@@ -139,10 +193,6 @@ class ChunkedDocuments(NamedTuple):
     documents: int  # documents read, the refused ones included
     without_tokens: list[str]  # doc_ids whose text holds nothing the tokenizer keeps
     refused: list[tuple[str, str]]  # (doc_id, reason): documents over the chunker's size limit
-    # With keep_ids: every chunk's token ids (special tokens included), laid end to end, and
-    # where each chunk's ids start (len = chunks + 1). None otherwise.
-    ids: np.ndarray | None = None  # int32
-    id_offsets: np.ndarray | None = None  # int64
 
 
 def init_chunker(
@@ -150,17 +200,29 @@ def init_chunker(
     max_tokens: int,
     overlap: int,
     max_document_chars: int | None = None,
-    keep_ids: bool = False,
+    fingerprint: str | None = None,
+    max_length: int | None = None,
 ) -> None:
-    """Builds this process's Chunker (an `ordered_map` initializer)."""
-    global _chunker
+    """Builds this process's Chunker (an `ordered_map` initializer). With the tokenizer's
+    `fingerprint`, every chunk also gets its token ids (`input_ids`, truncated to `max_length`
+    like `TokenizerInfo.encode_batch`) and the fingerprint (`tokenizer`); without, both are null."""
+    global _chunker, _ids_of
+    tokenizer = Tokenizer.from_str(tokenizer_json)
     _chunker = Chunker(
-        Tokenizer.from_str(tokenizer_json),
+        tokenizer,
         max_tokens,
         overlap=overlap,
         max_document_chars=max_document_chars,
-        keep_ids=keep_ids,
+        keep_ids=fingerprint is not None,
     )
+    _ids_of = None
+    if fingerprint is not None:
+        truncating = None
+        if max_length is not None:
+            truncating = Tokenizer.from_str(tokenizer_json)
+            truncating.no_padding()
+            truncating.enable_truncation(max_length)
+        _ids_of = (fingerprint, max_length, truncating)
 
 
 def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> ChunkedDocuments:
@@ -168,13 +230,16 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
     chunker = _chunker
     if chunker is None:
         raise RuntimeError("chunk_documents needs init_chunker to have run in this process")
+    doc_ids, texts = _values(doc_ids), _values(texts)
     out_doc, out_id, out_index, out_text, out_hash = [], [], [], [], []
     n_tokens, char_start, char_end = [], [], []
-    ids: list[np.ndarray] = []
+    keep = _ids_of is not None
+    max_length, truncating = (_ids_of[1], _ids_of[2]) if keep else (None, None)
+    ids_list: list = []
     without_tokens: list[str] = []
     refused: list[tuple[str, str]] = []
-    for i in range(len(doc_ids)):
-        doc_id, text = _value(doc_ids[i]), _value(texts[i])
+    sha256 = hashlib.sha256
+    for doc_id, text in zip(doc_ids, texts):
         problem = chunker.size_problem(text)
         if problem is not None:
             refused.append((doc_id, problem))
@@ -182,19 +247,34 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
         found = False
         for chunk in chunker.iter_split(text):
             found = True
-            digest = text_hash(chunk.text)
+            piece = chunk.text
+            digest = sha256(piece.encode("utf-8")).hexdigest()  # chunking.text_hash
             out_doc.append(doc_id)
             out_id.append(chunk_id(doc_id, chunk.chunk_index, digest))
             out_index.append(chunk.chunk_index)
-            out_text.append(chunk.text)
+            out_text.append(piece)
             out_hash.append(digest)
             n_tokens.append(chunk.n_tokens)
             char_start.append(chunk.char_start)
             char_end.append(chunk.char_end)
-            if chunker.keep_ids:
-                ids.append(chunk.input_ids)
+            if keep:
+                ids = chunk.input_ids
+                if max_length is not None and len(ids) > max_length:
+                    # What tokenizing the chunk's text for the model gives: truncated.
+                    ids = np.array(truncating.encode(piece, add_special_tokens=True).ids, dtype=np.int32)
+                ids_list.append(ids)
         if not found:
             without_tokens.append(doc_id)
+    n = len(out_id)
+    if keep:
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=n), out=offsets[1:])
+        flat = np.concatenate(ids_list) if ids_list else np.empty(0, dtype=np.int32)
+        ids_column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
+        fingerprint_column = constant(_ids_of[0], n)
+    else:
+        ids_column = pa.nulls(n, pa.large_list(pa.int32()))
+        fingerprint_column = pa.nulls(n, pa.string())
     batch = pa.RecordBatch.from_arrays(
         [
             pa.array(out_doc, pa.string()),
@@ -205,18 +285,22 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
             pa.array(np.array(n_tokens, dtype=np.int32)),
             pa.array(np.array(char_start, dtype=np.int64)),
             pa.array(np.array(char_end, dtype=np.int64)),
+            ids_column,
+            fingerprint_column,
         ],
         schema=CHUNK_COLUMNS,
     )
-    flat = offsets = None
-    if chunker.keep_ids:
-        flat, offsets = _flatten(ids)
-    return ChunkedDocuments(batch, len(doc_ids), without_tokens, refused, flat, offsets)
+    return ChunkedDocuments(batch, len(doc_ids), without_tokens, refused)
 
 
 def chunk_record_batch(batch: pa.RecordBatch | pa.Table) -> ChunkedDocuments:
     """`chunk_documents` over the `doc_id` and `text` columns of a raw_documents record batch."""
     return chunk_documents(batch.column("doc_id"), batch.column("text"))
+
+
+def constant(value: str, n: int) -> pa.Array:
+    """A string column of `n` copies of `value` (built in Arrow, not from a Python list)."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string())).cast(pa.string())
 
 
 # ---------------------------------------------------------------- length_buckets: texts -> token ids
@@ -254,13 +338,5 @@ def tokenize_texts(texts: Sequence[str] | pa.Array | pa.ChunkedArray) -> Tokeniz
     return TokenizedTexts(lengths, flat)
 
 
-def _flatten(arrays: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
-    if arrays:
-        np.cumsum([len(a) for a in arrays], out=offsets[1:])
-    flat = np.concatenate(arrays).astype(np.int32, copy=False) if arrays else np.empty(0, dtype=np.int32)
-    return flat, offsets
-
-
-def _value(x: Any) -> Any:
-    return x.as_py() if isinstance(x, pa.Scalar) else x
+def _values(column: Sequence[str] | pa.Array | pa.ChunkedArray) -> list:
+    return column.to_pylist() if isinstance(column, (pa.Array, pa.ChunkedArray)) else list(column)

@@ -5,8 +5,9 @@
 record batch at a time and yields every row in key order. The merge is vectorized: each run holds
 one read batch; every buffered row whose key is at most the smallest of the runs' last buffered
 keys is safe to emit (no run can still hold a smaller one), and those rows are sorted together
-with numpy. Memory is two copies of one run while writing and one read batch (at most `read_rows` rows, about
-READ_BYTES) per run while merging; past
+with numpy. Memory is two copies of one run while spilling it (the batches it came in, then one contiguous
+copy, gathered from in sorted order a read batch at a time) and one read batch (at most `read_rows`
+rows, about READ_BYTES) per run while merging; past
 `fan_in` runs, runs are first merged into larger runs on disk, so the merge's memory stays bounded.
 
 Keys are numpy columns computed from a record batch by the caller's `key` function (most
@@ -91,16 +92,19 @@ class SortedRuns:
     def _spill(self) -> None:
         held, nbytes = self.held, self.held_bytes
         self.held, self.held_rows, self.held_bytes = [], 0, 0
-        keys = [np.concatenate(columns) for columns in zip(*(self.key(b) for b in held))]
+        order = _order([np.concatenate(columns) for columns in zip(*(self.key(b) for b in held))])
+        # One contiguous copy of the run (the record batches it came in are let go), from which the
+        # sorted rows are gathered a read batch at a time as they are written: a take of the whole
+        # run at once would hold a second copy and, for list columns, its builders' spare room.
         table = pa.Table.from_batches(held, schema=self.schema)
         del held
-        ordered = table.take(pa.array(_order(keys))).combine_chunks()
-        del table, keys
-        step = max(1, min(self.read_rows, int(READ_BYTES * ordered.num_rows / max(nbytes, 1))))
+        table = table.combine_chunks()
+        step = max(1, min(self.read_rows, int(READ_BYTES * table.num_rows / max(nbytes, 1))))
         path = self._path()
         with pa.OSFile(path, "wb") as sink, pa.ipc.new_stream(sink, self.schema) as writer:
-            for batch in ordered.to_batches(max_chunksize=step):
-                writer.write_batch(batch)
+            for start in range(0, len(order), step):
+                for batch in table.take(pa.array(order[start:start + step])).to_batches():
+                    writer.write_batch(batch)
         self.runs.append(path)
 
 

@@ -683,10 +683,13 @@ def test_same_chunks_as_the_whole_document_chunker_with_other_fills(min_fill, te
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(text=texts(hangul=True, max_pieces=200), segment=st.sampled_from(SEGMENTS))
 def test_segmented_tokens_are_the_whole_documents_tokens(text, segment):
-    """The seams are invisible: the token spans, segment by segment, are those of one encode."""
+    """The seams are invisible: the token spans and ids, segment by segment, are those of one encode."""
     c = segmented(64, 8, *segment)
-    spans = [(int(s), int(e)) for starts, ends in c._token_spans(text) for s, e in zip(starts, ends)]
-    assert spans == info().tokenizer.encode(text, add_special_tokens=False).offsets
+    blocks = list(c._token_spans(text))
+    spans = [(int(s), int(e)) for starts, ends, _ in blocks for s, e in zip(starts, ends)]
+    whole = info().tokenizer.encode(text, add_special_tokens=False)
+    assert spans == whole.offsets
+    assert [int(i) for _, _, ids in blocks for i in ids] == whole.ids
 
 
 @pytest.mark.parametrize("max_tokens,overlap", [(16, 3), (64, 0), (256, 32)])
@@ -722,7 +725,7 @@ def test_iter_split_is_lazy_and_split_is_its_list():
     c = segmented(64, 8, 2048, 512)
     calls = []
     original = c._spans
-    c._spans = lambda t, lo, hi: calls.append((lo, hi)) or original(t, lo, hi)
+    c._spans = lambda t, lo, hi, encoding=None: calls.append((lo, hi)) or original(t, lo, hi, encoding)
     try:
         first = next(c.iter_split(text))
         assert max(hi for _, hi in calls) < len(text) // 2, "the first chunk must not tokenize the whole document"
@@ -780,3 +783,90 @@ def test_chunking_a_large_document_stays_within_a_few_times_its_size():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["chunks"] > 1000
     assert result["extra"] <= 10 * result["size"], f"chunking took {result['extra'] / 2**20:.0f} MiB for {result['size'] / 2**20:.1f} MiB of text"
+
+
+class _CountingTokenizer:
+    """The chunker's tokenizer, counting the characters it is asked to encode."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.chars = tokenizer, 0
+
+    def encode(self, text, **kwargs):
+        self.chars += len(text)
+        return self.tokenizer.encode(text, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.tokenizer, name)
+
+
+def test_a_document_of_one_segment_is_tokenized_whole_once():
+    """A document longer than one window but within one segment: the tokenization that found it
+    too long for one chunk is the one the cuts are made on (only the chunks are encoded again)."""
+    text = json_doc()[:30000]
+    c = chunker(64, 8)
+    counting = _CountingTokenizer(c.tokenizer)
+    c.tokenizer = counting
+    got = c.split(text)
+    chunk_chars = sum(len(ch.text) for ch in got)
+    assert counting.chars <= len(text) + chunk_chars + 64 * len(got), (counting.chars, len(text), chunk_chars)
+    assert got == chunker(64, 8).split(text)
+
+
+_ODD_PIECES = [
+    "Delta", "lake.", "vector", " ", "  ", "\n", "\n\n", "\t", "\r\n", "chunk,", "token", "日本語", "über", "e\u0301", "A\u0308",
+    "🎉", "👨\u200d👩\u200d👧", "x" * 120, "(a)", "-", "İstanbul", "ǅ", "ﬁ", "\u00a0", "\u3000", "\u2003", "\u2028", "\u0085",
+    "\x0b", "\x0c", "\x00", "\x1f", "\ufffd", "[SEP]", "[CLS]x", "[MASK]", "5€", "a\u200bb", "ﾃｽﾄ", "한국어", "שלום", "مرحبا", "!!!", "...",
+]
+
+
+def _slow_twin(c: Chunker) -> Chunker:
+    twin = Chunker(c.tokenizer, c.max_tokens, overlap=c.overlap, keep_ids=c.keep_ids, segment_chars=c.segment_chars, seam_chars=c.seam_chars)
+    twin._word_local = None  # every chunk re-tokenized
+    return twin
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.sampled_from(_ODD_PIECES), min_size=1, max_size=400), st.sampled_from([(16, 3), (64, 8)]))
+def test_chunks_between_whitespace_are_those_of_retokenizing_them(pieces, limits):
+    """Under a BERT-style tokenizer, a chunk between two whitespace characters takes its tokens
+    from the document's tokenization: the same chunks, counts and ids as re-tokenizing each."""
+    text = "".join(pieces)
+    fast = Chunker(info().tokenizer, limits[0], overlap=limits[1], keep_ids=True, segment_chars=256, seam_chars=64)
+    assert fast._word_local is not None
+    got, expected = fast.split(text), _slow_twin(fast).split(text)
+    assert got == expected
+    assert [x.input_ids.tolist() for x in got] == [y.input_ids.tolist() for y in expected]
+    assert [x.input_ids.tolist() for x in got] == info().encode_batch([x.text for x in got])
+
+
+def test_whitespace_bounded_chunks_are_not_tokenized_again():
+    text = json_doc()[:30000]
+    c = chunker(64, 8)
+    counting = _CountingTokenizer(c.tokenizer)
+    c.tokenizer = counting
+    got = c.split(text)
+    assert counting.chars < 1.2 * len(text), "most chunks end at whitespace: their tokens come from the document's"
+    assert got == _slow_twin(chunker(64, 8)).split(text)
+
+
+def test_other_tokenizers_re_tokenize_every_chunk():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+
+    from embedding_assets.lib.chunking import _word_local
+
+    bert = info().tokenizer
+    assert _word_local(bert, 2) is not None
+    spec = json.loads(bert.to_str())
+    for change in (
+        lambda s: s.update(pre_tokenizer={"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}),
+        lambda s: s.update(normalizer={"type": "NFKC"}),
+        lambda s: s["added_tokens"].append({**s["added_tokens"][0], "id": 30522, "content": "[NEW]", "rstrip": True}),
+    ):
+        changed = json.loads(json.dumps(spec))
+        change(changed)
+        assert _word_local(Tokenizer.from_str(json.dumps(changed)), 2) is None
+    bpe = Tokenizer(models.BPE(vocab={"a": 0, "b": 1, "Ġ": 2}, merges=[]))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.post_processor = processors.ByteLevel(trim_offsets=True)
+    assert _word_local(bpe, 0) is None

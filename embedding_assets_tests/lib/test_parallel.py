@@ -9,6 +9,7 @@ import pydoc
 import numpy as np
 import pyarrow as pa
 import pytest
+from tokenizers import Tokenizer
 
 from embedding_assets.lib import parallel
 from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
@@ -110,26 +111,36 @@ def _serial_chunks(max_tokens: int, overlap: int) -> list[dict]:
 
 @pytest.mark.parametrize("workers", [1, 2])
 @pytest.mark.parametrize("max_tokens,overlap", [(32, 4), (256, 32)])
-def test_parallel_chunking_equals_serial_chunking(workers, max_tokens, overlap):
+@pytest.mark.parametrize("with_ids", [False, True])
+def test_parallel_chunking_equals_serial_chunking(workers, max_tokens, overlap, with_ids):
+    initargs = (info().tokenizer.to_str(), max_tokens, overlap)
+    if with_ids:
+        initargs += (None, info().fingerprint, info().max_seq_length)
     results = list(parallel.ordered_map(
         parallel.chunk_record_batch, _slices(documents(), 7), workers,
-        initializer=parallel.init_chunker, initargs=(info().tokenizer.to_str(), max_tokens, overlap),
+        initializer=parallel.init_chunker, initargs=initargs,
     ))
     table = pa.Table.from_batches([r.chunks for r in results], schema=parallel.CHUNK_COLUMNS)
-    assert table.to_pylist() == _serial_chunks(max_tokens, overlap)
+    assert table.drop_columns(["input_ids", "tokenizer"]).to_pylist() == _serial_chunks(max_tokens, overlap)
+    if with_ids:
+        # Each chunk's ids are what tokenizing its text for the model gives.
+        assert table.column("input_ids").to_pylist() == info().encode_batch(table.column("text").to_pylist())
+        assert table.column("tokenizer").to_pylist() == [info().fingerprint] * table.num_rows
+    else:
+        assert table.column("input_ids").null_count == table.column("tokenizer").null_count == table.num_rows
     assert sum(r.documents for r in results) == documents().num_rows
     assert [d for r in results for d in r.without_tokens] == ["doc-30", "doc-31"]
-    assert all(r.refused == [] and r.ids is None for r in results)
+    assert all(r.refused == [] for r in results)
     # Byte for byte: the same Arrow data whatever the number of workers.
     inline = list(parallel.ordered_map(
         parallel.chunk_record_batch, _slices(documents(), 7), 1,
-        initializer=parallel.init_chunker, initargs=(info().tokenizer.to_str(), max_tokens, overlap),
+        initializer=parallel.init_chunker, initargs=initargs,
     ))
     assert all(a.chunks.equals(b.chunks) for a, b in zip(results, inline))
 
 
 def test_chunk_documents_refuses_oversized_documents_and_keeps_ids():
-    parallel.init_chunker(info().tokenizer.to_str(), 64, 8, max_document_chars=2000, keep_ids=True)
+    parallel.init_chunker(info().tokenizer.to_str(), 64, 8, max_document_chars=2000, fingerprint="tok-x", max_length=info().max_seq_length)
     batch = documents()
     out = parallel.chunk_record_batch(batch)
     texts = batch.column("text").to_pylist()
@@ -137,10 +148,24 @@ def test_chunk_documents_refuses_oversized_documents_and_keeps_ids():
     assert too_big and [d for d, _ in out.refused] == too_big
     assert all("EMBEDDING_MAX_DOCUMENT_CHARS" in reason for _, reason in out.refused)
     assert not set(out.chunks.column("doc_id").to_pylist()) & set(too_big)
-    lengths = np.diff(out.id_offsets)
-    assert lengths.tolist() == out.chunks.column("n_tokens").to_pylist()
-    expected = info().encode_batch(out.chunks.column("text").to_pylist())
-    assert out.ids.dtype == np.int32 and out.ids.tolist() == [t for ids in expected for t in ids]
+    ids = out.chunks.column("input_ids")
+    assert ids.type == pa.large_list(pa.int32())
+    assert [len(x) for x in ids.to_pylist()] == out.chunks.column("n_tokens").to_pylist()
+    assert ids.to_pylist() == info().encode_batch(out.chunks.column("text").to_pylist())
+    assert set(out.chunks.column("tokenizer").to_pylist()) == {"tok-x"}
+
+
+def test_stored_ids_are_truncated_like_the_models_tokenizer():
+    """A chunk longer than the model's max sequence length keeps the ids the model reads:
+    truncated, as tokenizing its text for the model gives."""
+    parallel.init_chunker(info().tokenizer.to_str(), 64, 8, fingerprint="tok-x", max_length=20)
+    out = parallel.chunk_documents(["d"], ["word " * 100])
+    ids = out.chunks.column("input_ids").to_pylist()
+    counts = out.chunks.column("n_tokens").to_pylist()
+    assert max(counts) > 20 and all(len(x) == min(n, 20) for x, n in zip(ids, counts))
+    model = Tokenizer.from_str(info().tokenizer.to_str())
+    model.enable_truncation(20)
+    assert ids == [model.encode(text, add_special_tokens=True).ids for text in out.chunks.column("text").to_pylist()]
 
 
 def test_chunk_documents_needs_its_initializer(monkeypatch):
@@ -165,3 +190,37 @@ def test_parallel_tokenizing_equals_the_models_encoding(workers):
     assert lengths.tolist() == [len(x) for x in expected]
     assert ids.tolist() == [t for x in expected for t in x]
     assert lengths[-1] == info().max_seq_length
+
+
+def test_prefetched_keeps_order_raises_in_turn_and_stops_with_its_consumer():
+    import threading
+
+    assert list(parallel.prefetched(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        yield 2
+        raise ValueError("bad item")
+
+    got = []
+    with pytest.raises(ValueError, match="bad item"):
+        for x in parallel.prefetched(failing()):
+            got.append(x)
+    assert got == [1, 2]
+
+    closed = threading.Event()
+    produced = []
+
+    def endless():
+        try:
+            for i in range(10**9):
+                produced.append(i)
+                yield i
+        finally:
+            closed.set()
+
+    items = parallel.prefetched(endless(), depth=2)
+    assert [next(items) for _ in range(3)] == [0, 1, 2]
+    items.close()
+    assert closed.wait(5), "the producer's generator is closed when the consumer stops"
+    assert len(produced) <= 3 + 2 + 1

@@ -278,8 +278,10 @@ def read_partition(root: str, name: str, batch: str, columns: list[str] | None =
     return dataset(root, name, table).to_table(columns=columns, filter=expression)
 
 
-def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None) -> Iterator[pa.RecordBatch]:
-    """One partition, streamed in record batches (bounded memory)."""
+def scan_partition(root: str, name: str, batch: str, columns: list[str] | None = None, batch_size: int = 4096, filter=None, *, read_ahead: bool = True) -> Iterator[pa.RecordBatch]:
+    """One partition, streamed in record batches (bounded memory). Without `read_ahead`, one row
+    group is read and decoded at a time (no batches decoded ahead, no file's column chunks
+    buffered whole): for large values such as document texts."""
     validate_batch(batch)
     table = _open_if_exists(root, name)
     if table is None:
@@ -288,8 +290,13 @@ def scan_partition(root: str, name: str, batch: str, columns: list[str] | None =
     # Decoded on the consuming thread: pyarrow's threaded scan reads ahead without bound behind a
     # slow consumer (whatever its read-ahead settings say), holding hundreds of MB of vectors. Even
     # so it reads ahead 16 batches and 4 files by default (measured: +100 MB of Arrow memory in the
-    # embeddings step at 500k chunks): one of each.
-    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, use_threads=False, batch_readahead=1, fragment_readahead=1)
+    # embeddings step at 500k chunks): one of each, or none with `read_ahead=False`.
+    options = {"batch_readahead": 1, "fragment_readahead": 1}
+    if not read_ahead:
+        import pyarrow.dataset as pads
+
+        options = {"batch_readahead": 0, "fragment_readahead": 0, "fragment_scan_options": pads.ParquetFragmentScanOptions(pre_buffer=False)}
+    return dataset(root, name, table).to_batches(columns=columns, filter=expression, batch_size=batch_size, use_threads=False, **options)
 
 
 def read_table(root: str, name: str, columns: list[str] | None = None, filter=None) -> pa.Table | None:
@@ -362,6 +369,36 @@ def _create_empty(root: str, name: str, schema: pa.Schema) -> None:
     except Exception:
         if not exists(root, name):
             raise
+
+
+def add_missing_columns(root: str, name: str, schema: pa.Schema) -> list[str]:
+    """Evolves an existing table's schema to hold every column of `schema` it lacks, as nullable
+    columns (rows written before read back null in them), in one metadata commit; returns the
+    names added. A column the table has is left as it is; a concurrent run adding the same
+    columns is fine (the loser of the race finds them there)."""
+    from deltalake import Schema
+    from deltalake.exceptions import CommitFailedError, DeltaError
+
+    for attempt in range(writer.COMMIT_RETRIES):
+        table = _open_if_exists(root, name)
+        if table is None:
+            return []
+        have = set(pa.schema(table.schema().to_arrow()).names)
+        missing = [field.with_nullable(True) for field in schema if field.name not in have]
+        if not missing:
+            return []
+        try:
+            table.alter.add_columns(list(Schema.from_arrow(pa.schema(missing)).fields), commit_properties=writer.commit_properties())
+            return [field.name for field in missing]
+        except DeltaError as exc:
+            # A concurrent run may have added them first (or changed the metadata meanwhile).
+            if not isinstance(exc, CommitFailedError) or attempt == writer.COMMIT_RETRIES - 1:
+                table = _open_if_exists(root, name)
+                if table is not None and not {f.name for f in missing} - set(pa.schema(table.schema().to_arrow()).names):
+                    return []
+                raise
+            time.sleep(0.05 * 2**attempt)
+    return []
 
 
 def append(root: str, name: str, data: pa.Table, *, app_transaction: tuple[str, int] | None = None) -> None:

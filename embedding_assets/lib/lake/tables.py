@@ -48,6 +48,11 @@ CHUNKS_SCHEMA = pa.schema([
     ("n_tokens", pa.int32()),
     ("char_start", pa.int64()),
     ("char_end", pa.int64()),
+    # Added later (nullable; null in rows written before): the chunk's token ids as the model
+    # reads them (special tokens included, truncated to its max sequence length), and the
+    # fingerprint of the tokenizer that made them. length_buckets reuses them instead of tokenizing.
+    ("input_ids", pa.large_list(pa.int32())),
+    ("tokenizer", pa.string()),
 ])
 
 LENGTH_BUCKETS = pa.schema([

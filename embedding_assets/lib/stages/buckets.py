@@ -1,9 +1,13 @@
-"""length_buckets: every chunk tokenized once on CPU, bucketed by length and ordered for batching
-(the "disaggregated tokenization" stage: the embeddings stage never tokenizes).
+"""length_buckets: every chunk's token ids, bucketed by length and ordered for batching (the
+"disaggregated tokenization" stage: the embeddings stage never tokenizes).
 
-Streams: chunks is read a record batch at a time; each slice's distinct texts are tokenized by a
-pool of `workers` processes (`parallel.tokenize_texts`, results in input order); token ids stay in
-int32 Arrow buffers. The partition-wide order (by length, then text hash so identical texts sit
+The ids are those chunks stored (made while chunking, the text tokenized once) when every chunk of
+the partition holds ids of the model's tokenizer (its fingerprint). Otherwise (a partition chunked
+by an earlier version, or by another tokenizer) the texts are tokenized here, and the log says
+why: each slice's distinct texts by a pool of `workers` processes (`parallel.tokenize_texts`,
+results in input order). Either way the ids are the same, and stay in int32 Arrow buffers.
+
+Streams: chunks is read a record batch at a time. The partition-wide order (by length, then text hash so identical texts sit
 side by side, then chunks order) comes from `spill.SortedRuns`: sorted runs of bounded size in a
 temporary folder, merged as the partition is written (one commit). Memory is one run plus one
 read batch per run, whatever the partition's size; the output is the same for any number of workers.
@@ -11,12 +15,14 @@ read batch per run, whatever the partition's size; the output is the same for an
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from embedding_assets.lib import lake, parallel, settings
 from embedding_assets.lib.encoders import TokenizerInfo
@@ -29,7 +35,9 @@ from embedding_assets.lib.stages.common import Log
 BUCKET_WIDTH = 16
 SLICE_CHUNKS = 2048  # chunks handed to a worker at a time
 SLICE_TEXT_BYTES = 1 << 20
-RUN_ROWS = 65_536  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
+READ_CHUNKS = 8192  # chunks rows decoded at a time when their ids are stored
+RUN_ROWS = 65_536
+RUN_BYTES = 16 << 20  # ... or this much of ids and keys (long chunks: a run of a few thousand rows)  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
 
 # What a sorted run holds: the output columns that vary per row, and the row's place in chunks.
 _RUN_SCHEMA = pa.schema([
@@ -59,8 +67,16 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
     buckets: set[int] = set()  # at most max_seq_length / BUCKET_WIDTH + 1 values
     last_log = time.monotonic()
 
-    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS) as runs:
-        for part in _tokenized(lake_root, batch, tokenizer, workers):
+    reason = stored_ids_problem(lake_root, batch, tokenizer.fingerprint)
+    if reason:
+        log(f"tokenizing the chunks of {batch}: {reason}")
+    parts = _tokenized(lake_root, batch, tokenizer, workers) if reason else _stored(lake_root, batch)
+    if workers > 1:
+        # A second core: reading (and tokenizing) runs ahead of sorting, merging ahead of writing.
+        parts = parallel.prefetched(parts)
+
+    with SortedRuns(_RUN_SCHEMA, _sort_key, run_rows=RUN_ROWS, run_bytes=RUN_BYTES) as runs, contextlib.closing(parts):
+        for part in parts:
             stats["tokenized_texts"] += part.pop()
             runs.add(part[0])
             if time.monotonic() - last_log > 10:
@@ -85,7 +101,7 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                 stats["max_tokens"] = max(stats["max_tokens"], int(lengths.max()))
                 buckets.update(np.unique(bucket).tolist())
                 yield pa.RecordBatch.from_arrays([
-                    pa.array([batch] * n, pa.string()),
+                    parallel.constant(batch, n),
                     part.column("chunk_id"),
                     part.column("doc_id"),
                     part.column("text_hash"),
@@ -93,11 +109,13 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                     pa.array(bucket),
                     part.column("n_tokens"),
                     part.column("input_ids"),
-                    pa.array([tokenizer.fingerprint] * n, pa.string()),
+                    parallel.constant(tokenizer.fingerprint, n),
                 ], schema=tables.LENGTH_BUCKETS)
                 position += n
 
-        lake.replace_partition(lake_root, tables.BUCKETS, batch, pa.RecordBatchReader.from_batches(tables.LENGTH_BUCKETS, ordered()))
+        rows = parallel.prefetched(ordered(), depth=4) if workers > 1 else ordered()
+        with contextlib.closing(rows):  # a failed write stops the merge before the runs go
+            lake.replace_partition(lake_root, tables.BUCKETS, batch, pa.RecordBatchReader.from_batches(tables.LENGTH_BUCKETS, rows))
         spilled_runs = len(runs.runs)
     if stats["chunks"] == 0:
         log(f"chunks has no rows for batch {batch!r}: wrote an empty length_buckets partition")
@@ -106,11 +124,55 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
         "buckets": len(buckets),
         "bucket_width_tokens": BUCKET_WIDTH,
         "tokenizer": tokenizer.fingerprint,
+        "token_ids": f"tokenized here: {reason}" if reason else "made by chunks",
         "workers": workers,
         "sorted_runs": spilled_runs,
         "empty_upstream": stats["chunks"] == 0,
         "duration_s": time.perf_counter() - started,
     }
+
+
+def stored_ids_problem(lake_root: str, batch: str, fingerprint: str) -> str | None:
+    """Why the partition's chunks cannot give their token ids (None when every chunk holds ids
+    made by the tokenizer of `fingerprint`): a table or rows written before chunks stored ids, or
+    ids of another tokenizer. Reads the tokenizer column alone, a record batch at a time."""
+    names = set(lake.dataset(lake_root, tables.CHUNKS).schema.names)
+    if not {"input_ids", "tokenizer"} <= names:
+        return "the chunks table has no input_ids column (written by an earlier version)"
+    missing = other = 0
+    others: set[str] = set()
+    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=["tokenizer"], batch_size=65_536):
+        column = part.column("tokenizer")
+        missing += column.null_count
+        found = set(pc.unique(column.drop_null()).to_pylist()) - {fingerprint}
+        if found:
+            other += int(pc.sum(pc.not_equal(column, fingerprint)).as_py() or 0)
+            others |= found
+    if missing:
+        return f"{missing:,} chunks hold no token ids (written by an earlier version)"
+    if other:
+        return f"{other:,} chunks hold ids of another tokenizer ({', '.join(sorted(others)[:3])}; the model's is {fingerprint})"
+    return None
+
+
+def _stored(lake_root: str, batch: str) -> Iterator[list]:
+    """[run rows, 0] for every record batch of chunks, in chunks order, with the ids chunks stored."""
+    next_row = 0
+    columns = ["chunk_id", "doc_id", "text_hash", "input_ids"]
+    # One row group at a time: read-ahead would hold up to 16 batches of ids per file, for 4 files.
+    for part in lake.scan_partition(lake_root, tables.CHUNKS, batch, columns=columns, batch_size=READ_CHUNKS, read_ahead=False):
+        n = part.num_rows
+        if not n:
+            continue
+        ids = part.column("input_ids")
+        if ids.type != _RUN_SCHEMA.field("input_ids").type:
+            ids = ids.cast(_RUN_SCHEMA.field("input_ids").type)
+        lengths = pc.list_value_length(ids).cast(pa.int32())
+        rows = pa.array(np.arange(next_row, next_row + n, dtype=np.int64))
+        next_row += n
+        yield [pa.RecordBatch.from_arrays(
+            [part.column("chunk_id"), part.column("doc_id"), part.column("text_hash"), lengths, ids, rows], schema=_RUN_SCHEMA,
+        ), 0]
 
 
 def _tokenized(lake_root: str, batch: str, tokenizer: TokenizerInfo, workers: int) -> Iterator[list]:

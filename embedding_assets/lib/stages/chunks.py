@@ -5,6 +5,11 @@ chunked by a pool of `workers` processes (`parallel.ordered_map`, results in inp
 chunks go straight into the partition's writer (`lake.replace_partition` with a record batch
 reader: one commit, bounded memory). With one worker the same code runs inline, so the output is
 the same whatever the number of workers: same chunks, same ids, same order.
+
+Each document is tokenized once: every chunk keeps the token ids the chunker computed for it
+(`input_ids`, as the model reads them, with the tokenizer's fingerprint), so length_buckets
+reads them instead of tokenizing the text again. A chunks table created before these columns
+existed gets them (nullable) on its next write.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import pyarrow as pa
 from embedding_assets.lib import lake, parallel, settings
 from embedding_assets.lib.encoders import TokenizerInfo
 from embedding_assets.lib.lake import tables
+from embedding_assets.lib.lake.io import add_missing_columns
 from embedding_assets.lib.stages.common import Log
 
 # A slice handed to a worker: at most this many documents or (about) this much text. Small enough
 # that a few slices in flight per worker stay a few MB; large enough to amortize the hand-over.
 SLICE_DOCUMENTS = 1024
-SLICE_TEXT_BYTES = 2 << 20
+SLICE_TEXT_BYTES = 512 << 10
+IN_FLIGHT_PER_WORKER = 4  # slices handed out and not yet written, per worker
 READ_ROWS = 256  # raw_documents rows decoded at a time (documents can be large)
 
 
@@ -49,10 +56,12 @@ def chunk_batch(
     schema = tables.CHUNKS_SCHEMA
 
     def chunk_batches() -> Iterator[pa.RecordBatch]:
-        documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS)
+        documents = lake.scan_partition(lake_root, tables.RAW, batch, columns=["doc_id", "text"], batch_size=READ_ROWS, read_ahead=False)
         results = parallel.ordered_map(
             parallel.chunk_record_batch, text_slices(documents), workers,
-            initializer=parallel.init_chunker, initargs=(tokenizer.tokenizer.to_str(), max_tokens, overlap),
+            max_in_flight=IN_FLIGHT_PER_WORKER * workers,  # the workers never wait for this process
+            initializer=parallel.init_chunker,
+            initargs=(tokenizer.tokenizer.to_str(), max_tokens, overlap, None, tokenizer.fingerprint, tokenizer.max_seq_length),
         )
         for done in results:
             stats["documents"] += done.documents
@@ -67,13 +76,15 @@ def chunk_batch(
                 stats["chunks"] += n
                 stats["tokens"] += int(counts.sum())
                 stats["max_chunk_tokens"] = max(stats["max_chunk_tokens"], int(counts.max()))
-                yield pa.RecordBatch.from_arrays(
-                    [pa.array([batch] * n, pa.string()), *done.chunks.columns], schema=schema,
-                )
+                yield pa.RecordBatch.from_arrays([parallel.constant(batch, n), *done.chunks.columns], schema=schema)
             if time.monotonic() - last_log[0] > 10:
                 last_log[0] = time.monotonic()
                 log(f"chunking {batch}: {stats['documents']} documents, {stats['chunks']} chunks")
 
+    # A chunks table written before chunks stored token ids gets the columns (null in its old rows).
+    added = add_missing_columns(lake_root, tables.CHUNKS, schema)
+    if added:
+        log(f"chunks table: added the columns {', '.join(added)} (null in the rows written before)")
     lake.replace_partition(lake_root, tables.CHUNKS, batch, pa.RecordBatchReader.from_batches(schema, chunk_batches()))
     if stats["documents"] == 0:
         log(f"raw_documents has no rows for batch {batch!r}: wrote an empty chunks partition")
@@ -131,6 +142,10 @@ def _offsets(column: pa.Array) -> np.ndarray:
 
 
 def _combine(pieces: list[pa.RecordBatch]) -> pa.RecordBatch:
+    """The pieces as one record batch that owns just its rows' data: a slice handed to a worker is
+    pickled with every buffer it points into (a slice of a decoded row group would carry the whole
+    row group, 16 MB for a few documents)."""
     if len(pieces) == 1:
-        return pieces[0]
+        piece = pieces[0]
+        return piece.take(pa.array(np.arange(piece.num_rows, dtype=np.int64)))
     return pa.Table.from_batches(pieces).combine_chunks().to_batches()[0]

@@ -2,6 +2,7 @@
 their real functions and real Delta tables: serial == parallel, the same output as the whole-
 partition computation they replaced, empty upstream partitions, bounded memory."""
 
+import dataclasses
 import json
 import os
 import pydoc
@@ -77,6 +78,7 @@ def test_chunks_and_length_buckets_same_for_one_and_two_workers_and_as_before(tm
     # Small slices and runs: many work items, several sorted runs and a multi-pass merge.
     monkeypatch.setattr(chunks, "SLICE_DOCUMENTS", 50)
     monkeypatch.setattr(buckets, "SLICE_CHUNKS", 64)
+    monkeypatch.setattr(buckets, "READ_CHUNKS", 64)
     monkeypatch.setattr(buckets, "RUN_ROWS", 100)
     monkeypatch.setattr(spill, "FAN_IN", 3)
     outputs = {}
@@ -103,7 +105,110 @@ def test_chunks_and_length_buckets_same_for_one_and_two_workers_and_as_before(tm
     assert bucket_table.column("n_tokens").to_pylist() == lengths.tolist()
     assert bucket_table.column("bucket").to_pylist() == ((lengths + 15) // 16).tolist()
     assert binfo["distinct_texts"] == len(set(chunk_table.column("text_hash").to_pylist()))
-    assert binfo["tokenized_texts"] < binfo["chunks"]  # identical texts of a slice are tokenized once
+    # Each text was tokenized once, while chunking: length_buckets took the ids chunks stored.
+    assert binfo["tokenized_texts"] == 0 and binfo["token_ids"] == "made by chunks"
+    assert chunk_table.column("input_ids").to_pylist() == tokenizer.encode_batch(chunk_table.column("text").to_pylist())
+    assert set(chunk_table.column("tokenizer").to_pylist()) == {tokenizer.fingerprint}
+
+
+def _odd_corpus():
+    """Real text with what tokenizers trip on: long documents, combining marks, emoji and ZWJ
+    sequences, Hangul, right-to-left scripts, zero-width and control characters, unusual spaces,
+    texts repeated within and across documents."""
+    long_docs = [pydoc.render_doc(m, renderer=pydoc.plaintext) for m in (json, tempfile, pydoc)]
+    odd = [
+        "Cafe\u0301 na\u00efve re\u0301sume\u0301 \u00c5ngstro\u0308m.",
+        "Family: \U0001F468\u200D\U0001F469\u200D\U0001F467 flags \U0001F1EB\U0001F1F7 and \U0001F44D\U0001F3FD!",
+        "한국어를 배우는 것은 재미있습니다. " * 30,
+        "שלום עולם. مرحبا بالعالم. " * 20,
+        "zero\u200bwidth\u2060joiner\ufeffbom\u00a0nbsp\u3000ideographic\u2028line\u2029para",
+        "tabs\tand\x0bvertical\x0cfeeds\r\nand\x00nul\x1bescape",
+        "日本語のテキストです。これは二番目の文です。" * 40,
+        "x" * 3000,
+        "(((" + "a" * 500 + ")))" + ". " * 200,
+    ]
+    repeated = [f"Record {i % 40} talks about item {i % 7}." for i in range(300)]
+    return long_docs + odd + repeated + odd[:3] + [long_docs[0]]
+
+
+def test_length_buckets_from_stored_ids_equal_tokenizing_the_texts(tmp_path, tokenizer, monkeypatch):
+    """The ids chunks stored give length_buckets exactly what tokenizing every chunk text gives:
+    same ids, lengths, buckets, order and positions, for one and two workers."""
+    root = str(tmp_path)
+    texts = _odd_corpus()
+    _raw(root, BATCH, texts)
+    monkeypatch.setattr(chunks, "SLICE_DOCUMENTS", 20)
+    monkeypatch.setattr(buckets, "RUN_ROWS", 150)
+    monkeypatch.setattr(buckets, "READ_CHUNKS", 100)
+    chunks.chunk_batch(root, BATCH, tokenizer, 64, 8, log=quiet, workers=2)
+    stored = {}
+    for workers in (1, 2):
+        info = buckets.bucket_batch(root, BATCH, tokenizer, log=quiet, workers=workers)
+        assert info["token_ids"] == "made by chunks" and info["tokenized_texts"] == 0 and info["sorted_runs"] > 3
+        stored[workers] = lake.read_partition(root, tables.BUCKETS, BATCH)
+    assert stored[1].equals(stored[2])
+    messages = []
+    monkeypatch.setattr(buckets, "stored_ids_problem", lambda *a: "asked to tokenize")
+    info = buckets.bucket_batch(root, BATCH, tokenizer, log=messages.append, workers=2)
+    assert info["tokenized_texts"] > 0 and info["token_ids"] == "tokenized here: asked to tokenize"
+    assert any("asked to tokenize" in m for m in messages)
+    tokenized = lake.read_partition(root, tables.BUCKETS, BATCH)
+    assert tokenized.num_rows > 500 and stored[2].equals(tokenized)
+    chunk_rows = lake.read_partition(root, tables.CHUNKS, BATCH).to_pylist()
+    order, ids = _reference_order(chunk_rows, tokenizer)
+    assert tokenized.column("chunk_id").to_pylist() == order and tokenized.column("input_ids").to_pylist() == ids
+
+
+_OLD_CHUNKS_SCHEMA = pa.schema([f for f in tables.CHUNKS_SCHEMA if f.name not in ("input_ids", "tokenizer")])
+
+
+def test_a_chunks_table_of_the_earlier_schema_gains_the_id_columns(tmp_path, tokenizer):
+    """A lake whose chunks table predates the stored ids: the next chunks write adds the columns
+    (the old partition's rows read back null there), and length_buckets tokenizes the old
+    partition, saying why, with the same result as from stored ids."""
+    root = str(tmp_path)
+    texts = _corpus()
+    _raw(root, "old", texts)
+    _raw(root, BATCH, texts)
+    # The old partition, as the earlier version wrote it (its schema, no id columns).
+    rows = _reference_chunks(tokenizer, texts, [f"doc{i:05d}" for i in range(len(texts))], 256, 32)
+    names = ["doc_id", "chunk_id", "chunk_index", "text", "text_hash", "n_tokens", "char_start", "char_end"]
+    old = pa.table({"batch": ["old"] * len(rows), **{n: [r[i] for r in rows] for i, n in enumerate(names)}}, schema=_OLD_CHUNKS_SCHEMA)
+    lake.replace_partition(root, tables.CHUNKS, "old", old)
+    assert "input_ids" not in lake.dataset(root, tables.CHUNKS).schema.names
+
+    messages = []
+    chunks.chunk_batch(root, BATCH, tokenizer, 256, 32, log=messages.append, workers=1)
+    assert messages[0] == "chunks table: added the columns input_ids, tokenizer (null in the rows written before)"
+    assert not any("added the columns" in m for m in messages[1:])
+    messages.clear()
+    assert {"input_ids", "tokenizer"} <= set(lake.dataset(root, tables.CHUNKS).schema.names)
+    old_back = lake.read_partition(root, tables.CHUNKS, "old")
+    assert old_back.column("input_ids").null_count == old_back.column("tokenizer").null_count == len(rows)
+    assert old_back.select(names).to_pylist() == old.select(names).to_pylist()
+    new = lake.read_partition(root, tables.CHUNKS, BATCH)
+    assert new.select(names).to_pylist() == old.select(names).to_pylist() and new.column("input_ids").null_count == 0
+
+    info = buckets.bucket_batch(root, "old", tokenizer, log=messages.append, workers=1)
+    assert info["tokenized_texts"] > 0
+    assert messages == ["tokenizing the chunks of old: %s chunks hold no token ids (written by an earlier version)" % f"{len(rows):,}"]
+    from_text = lake.read_partition(root, tables.BUCKETS, "old")
+    info = buckets.bucket_batch(root, BATCH, tokenizer, log=messages.append, workers=1)
+    assert info["tokenized_texts"] == 0 and len(messages) == 1
+    from_ids = lake.read_partition(root, tables.BUCKETS, BATCH)
+    assert from_text.drop_columns(["batch"]).equals(from_ids.drop_columns(["batch"]))
+
+
+def test_length_buckets_tokenizes_ids_of_another_tokenizer(tmp_path, tokenizer):
+    root = str(tmp_path)
+    _raw(root, BATCH, ["A first document.", "A second one, a little longer than the first."])
+    chunks.chunk_batch(root, BATCH, tokenizer, None, 32, log=quiet, workers=1)
+    other = dataclasses.replace(tokenizer, fingerprint="tok-other")
+    messages = []
+    info = buckets.bucket_batch(root, BATCH, other, log=messages.append, workers=1)
+    assert info["tokenized_texts"] == 2
+    assert messages == [f"tokenizing the chunks of {BATCH}: 2 chunks hold ids of another tokenizer ({tokenizer.fingerprint}; the model's is tok-other)"]
+    assert set(lake.read_partition(root, tables.BUCKETS, BATCH).column("tokenizer").to_pylist()) == {"tok-other"}
 
 
 def test_empty_upstream_partitions_give_empty_partitions(tmp_path, tokenizer):
@@ -289,7 +394,7 @@ from embedding_assets.lib.encoders import load_tokenizer
 from embedding_assets.lib.stages import buckets, documents
 stage, root = sys.argv[1], sys.argv[2]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-if stage == "length_buckets":
+if stage.startswith("length_buckets"):
     tokenizer = load_tokenizer("bundled")
     tokenizer.encode_batch(["warm up"])
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -307,19 +412,25 @@ def _peak(stage, root):
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _chunks_table(root, n):
+def _chunks_table(root, n, with_ids):
+    """n chunks of ~42 tokens; with ids stored (as chunks writes them) or in the earlier schema."""
     rng = np.random.default_rng(n)
     words = np.array(["delta", "lake", "vector", "chunk", "token", "bucket", "stream", "memory", "merge", "sorted", "arrow", "batch"])
     texts = [" ".join(words[rng.integers(0, len(words), 40)]) + f" {i}" for i in range(n)]
     hashes = [text_hash(t) for t in texts]
-    lake.replace_partition(root, tables.CHUNKS, BATCH, pa.table({
+    columns = {
         "batch": [BATCH] * n, "doc_id": [f"d{i}" for i in range(n)], "chunk_id": [f"{i:032x}" for i in range(n)],
         "chunk_index": np.zeros(n, np.int32), "text": pa.array(texts, pa.large_string()), "text_hash": hashes,
         "n_tokens": np.full(n, 42, np.int32), "char_start": np.zeros(n, np.int64), "char_end": np.zeros(n, np.int64),
-    }, schema=tables.CHUNKS_SCHEMA))
+    }
+    if with_ids:
+        ids = rng.integers(1000, 30000, size=(n, 42)).astype(np.int32)
+        columns["input_ids"] = pa.LargeListArray.from_arrays(pa.array(np.arange(0, 42 * n + 1, 42, dtype=np.int64)), pa.array(ids.reshape(-1)))
+        columns["tokenizer"] = [load_tokenizer("bundled").fingerprint] * n
+    lake.replace_partition(root, tables.CHUNKS, BATCH, pa.table(columns, schema=tables.CHUNKS_SCHEMA if with_ids else _OLD_CHUNKS_SCHEMA))
 
 
-@pytest.mark.parametrize("stage", ["length_buckets", "document_embeddings"])
+@pytest.mark.parametrize("stage", ["length_buckets", "length_buckets_tokenizing", "document_embeddings"])
 def test_streaming_stage_memory_does_not_grow_with_the_partition(tmp_path, stage):
     """Peak RSS of the stage in its own process on 1x and 10x data. The whole-partition code grew by
     well over the data's size (10x: ~240 MB of 384-d vectors, ~120 MB of token ids as Python
@@ -327,8 +438,8 @@ def test_streaming_stage_memory_does_not_grow_with_the_partition(tmp_path, stage
     peaks = {}
     for n in (15_000, 150_000):
         root = str(tmp_path / f"n{n}")
-        if stage == "length_buckets":
-            _chunks_table(root, n)
+        if stage.startswith("length_buckets"):
+            _chunks_table(root, n, with_ids=stage == "length_buckets")
         else:
             rows = [(f"doc{(i * 7919) % (n // 3)}", f"{i % (n // 2):064x}", 20) for i in range(n)]
             _buckets_and_embeddings(root, rows, dimension=384)
@@ -345,7 +456,7 @@ def test_a_document_of_one_window_gives_the_chunk_the_general_path_gives(tokeniz
     texts = ["", " ", "\n"] + ["".join(rng.choice(words, int(rng.integers(1, 120)))) for _ in range(300)]
     fast = Chunker(tokenizer.tokenizer, 64, overlap=8, keep_ids=True)
     general = Chunker(tokenizer.tokenizer, 64, overlap=8, keep_ids=True)
-    monkeypatch.setattr(general, "_single_chunk", lambda text: None)
+    monkeypatch.setattr(general, "_single_chunk", lambda text, plain: None)
     for text in texts:
         a, b = fast.split(text), general.split(text)
         assert a == b, text
@@ -363,3 +474,17 @@ def test_cpu_workers_default_to_the_available_cpus(monkeypatch):
     monkeypatch.setenv("EMBEDDING_CPU_WORKERS", "0")
     with pytest.raises(ValueError, match="EMBEDDING_CPU_WORKERS"):
         settings.cpu_workers()
+
+
+def test_slices_handed_to_workers_carry_only_their_own_rows():
+    """A slice pickled for a worker holds its rows' text, not the buffers of the row group it was
+    cut from (a few long documents of a decoded 16 MB row group would each carry 16 MB)."""
+    import pickle
+
+    texts = [f"document {i} " + "word " * 20_000 for i in range(100)]  # ~10 MB
+    whole = pa.record_batch([pa.array([f"d{i}" for i in range(100)]), pa.array(texts, pa.large_string())], names=["doc_id", "text"])
+    slices = list(chunks.text_slices([whole.slice(10, 80)], max_rows=1024, max_bytes=300_000))
+    assert [r for s in slices for r in s.column("doc_id").to_pylist()] == [f"d{i}" for i in range(10, 90)]
+    for part in slices:
+        own = sum(len(t.encode()) for t in part.column("text").to_pylist())
+        assert len(pickle.dumps(part)) < own + 64 * 1024, (len(pickle.dumps(part)), own)
