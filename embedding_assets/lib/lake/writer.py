@@ -114,14 +114,7 @@ def check_protocol(table, name: str, *, overwrite: bool = False) -> None:
 def write_partition(uri: str, options: dict | None, name: str, batch: str, batches: Iterable[pa.RecordBatch], *, mode: str, app_transaction: tuple[str, int] | None = None) -> None:
     """Writes record batches of one partition as data files and commits them in one commit
     (append, or overwrite of the partition), in bounded memory. The table must exist."""
-    files = PartitionFiles(uri, options, name, batch)
-    try:
-        for record_batch in batches:
-            files.write(record_batch)
-        files.close()
-    except BaseException:
-        files.discard()
-        raise
+    files = write_files(PartitionFiles(uri, options, name, batch), batches)
     commit_files(files, mode=mode, app_transaction=app_transaction)
 
 
