@@ -53,6 +53,10 @@ MAX_LEGACY_WRITER_VERSION = 2
 MAX_LEGACY_READER_VERSION = 1
 
 
+# Hex digests, one per chunk or text: (nearly) every value distinct, so a dictionary never pays.
+DIGEST_COLUMNS = frozenset({"chunk_id", "text_hash"})
+
+
 def partition_folder(batch: str) -> str:
     """The folder of a partition inside its table, exactly as delta-rs (and Hive) writes it: the value
     percent-encoded as UTF-8, every byte but letters, digits and - . _ ~ escaped (`a=b` ->
@@ -226,11 +230,13 @@ class PartitionFiles:
         footer: list = []  # pyarrow appends the file's FileMetaData here on close
         # Vector columns (lists of floats) get neither a dictionary nor statistics nor compression: random
         # floats never dictionary-encode and do not compress, and Delta keeps no statistics of nested
-        # columns; each costs CPU for nothing (measured: 5x the write time for the first two).
+        # columns; each costs CPU for nothing (measured: 5x the write time for the first two). Digest
+        # columns get no dictionary either (the writer would build one per row group, then give up).
         plain = [f.name for f in self.file_schema if not _is_vector(f.type)]
+        dictionary = [name for name in plain if name not in DIGEST_COLUMNS]
         compression = {f.name: ("none" if _is_vector(f.type) else "snappy") for f in self.file_schema}
         writer = pq.ParquetWriter(
-            sink, schema, compression=compression, write_statistics=plain, use_dictionary=plain,
+            sink, schema, compression=compression, write_statistics=plain, use_dictionary=dictionary,
             # A file with vectors keeps no Arrow schema: a fixed-size list is then read back as the
             # list the Delta schema names (strict readers refuse a file whose Arrow schema says otherwise).
             metadata_collector=footer, store_schema=not any(_is_vector(f.type) for f in self.file_schema), memory_pool=_writer_pool(),
