@@ -35,7 +35,7 @@ import pyarrow as pa
 from tokenizers import Tokenizer
 
 from embedding_assets.lib.chunking import Chunker, chunk_id
-from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA
+from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA, constant_column
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -271,7 +271,7 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
         np.cumsum(np.fromiter((len(x) for x in ids_list), dtype=np.int64, count=n), out=offsets[1:])
         flat = np.concatenate(ids_list) if ids_list else np.empty(0, dtype=np.int32)
         ids_column = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(flat, pa.int32()))
-        fingerprint_column = constant(_ids_of[0], n)
+        fingerprint_column = constant_column(_ids_of[0], n)
     else:
         ids_column = pa.nulls(n, pa.large_list(pa.int32()))
         fingerprint_column = pa.nulls(n, pa.string())
@@ -296,11 +296,6 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
 def chunk_record_batch(batch: pa.RecordBatch | pa.Table) -> ChunkedDocuments:
     """`chunk_documents` over the `doc_id` and `text` columns of a raw_documents record batch."""
     return chunk_documents(batch.column("doc_id"), batch.column("text"))
-
-
-def constant(value: str, n: int) -> pa.Array:
-    """A string column of `n` copies of `value` (built in Arrow, not from a Python list)."""
-    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string())).cast(pa.string())
 
 
 # ---------------------------------------------------------------- length_buckets: texts -> token ids

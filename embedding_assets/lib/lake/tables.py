@@ -104,6 +104,11 @@ def document_embeddings_schema(dimension: int) -> pa.Schema:
     ])
 
 
+def constant_column(value, n: int, type: pa.DataType = pa.string()) -> pa.Array:
+    """A column of `n` copies of `value`, built in Arrow (no Python list of `n` objects)."""
+    return pa.array([value], type).take(np.zeros(n, dtype=np.int64))
+
+
 def vectors_to_arrow(vectors, dimension: int) -> pa.FixedSizeListArray:
     """A float32 matrix as an Arrow fixed-size list column, without per-row Python objects."""
     flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())

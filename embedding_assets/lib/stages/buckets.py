@@ -101,7 +101,7 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                 stats["max_tokens"] = max(stats["max_tokens"], int(lengths.max()))
                 buckets.update(np.unique(bucket).tolist())
                 yield pa.RecordBatch.from_arrays([
-                    parallel.constant(batch, n),
+                    tables.constant_column(batch, n),
                     part.column("chunk_id"),
                     part.column("doc_id"),
                     part.column("text_hash"),
@@ -109,7 +109,7 @@ def bucket_batch(lake_root: str, batch: str, tokenizer: TokenizerInfo, log: Log 
                     pa.array(bucket),
                     part.column("n_tokens"),
                     part.column("input_ids"),
-                    parallel.constant(tokenizer.fingerprint, n),
+                    tables.constant_column(tokenizer.fingerprint, n),
                 ], schema=tables.LENGTH_BUCKETS)
                 position += n
 

@@ -76,7 +76,7 @@ def chunk_batch(
                 stats["chunks"] += n
                 stats["tokens"] += int(counts.sum())
                 stats["max_chunk_tokens"] = max(stats["max_chunk_tokens"], int(counts.max()))
-                yield pa.RecordBatch.from_arrays([parallel.constant(batch, n), *done.chunks.columns], schema=schema)
+                yield pa.RecordBatch.from_arrays([tables.constant_column(batch, n), *done.chunks.columns], schema=schema)
             if time.monotonic() - last_log[0] > 10:
                 last_log[0] = time.monotonic()
                 log(f"chunking {batch}: {stats['documents']} documents, {stats['chunks']} chunks")

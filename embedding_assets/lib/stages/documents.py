@@ -74,11 +74,11 @@ def document_vectors(lake_root: str, batch: str, log: Log = print) -> dict:
                 n = len(doc_ids)
                 stats["documents"] += n
                 yield pa.RecordBatch.from_arrays([
-                    pa.array([batch] * n, pa.string()),
+                    tables.constant_column(batch, n),
                     pa.array(doc_ids, pa.string()),
                     pa.array(counts.astype(np.int32)),
                     tables.vectors_to_arrow(vectors.astype(np.float32, copy=False), dimension),
-                    pa.array([model] * n, pa.string()),
+                    tables.constant_column(model, n),
                 ], schema=schema)
 
         lake.replace_partition(lake_root, tables.DOCUMENTS, batch, pa.RecordBatchReader.from_batches(schema, documents()))

@@ -413,8 +413,8 @@ def _chunk_rows(meta: ChunkMeta, groups: np.ndarray, vectors: list[np.ndarray], 
         "chunk_id": to_arrow(meta.chunk_ids(rows)),
         "text_hash": to_arrow(meta.texts.keys(groups)),
         "embedding": embedding,
-        "model": pa.array([fingerprint], pa.string()).take(np.zeros(n, dtype=np.int64)),
-        "embedded_at": pa.array([embedded_at], tables.TS).take(np.zeros(n, dtype=np.int64)),
+        "model": tables.constant_column(fingerprint, n),
+        "embedded_at": tables.constant_column(embedded_at, n, tables.TS),
     })
     return iter(table.to_batches())
 
@@ -623,7 +623,7 @@ def _swap_in(lake_root: str, batch: str, engine, meta: ChunkMeta, slice_rows: in
                     "chunk_id": to_arrow(meta.chunk_ids(rows)),
                     "text_hash": to_arrow(texts.keys(groups[owner])),
                     "embedding": vectors,
-                    "model": pa.array([fingerprint], pa.string()).take(np.zeros(len(rows), dtype=np.int64)),
+                    "model": tables.constant_column(fingerprint, len(rows)),
                     "embedded_at": embedded_at,
                 })
         if not covered.all():  # a source changed under us between the check and the write

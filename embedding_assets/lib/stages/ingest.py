@@ -238,7 +238,7 @@ class _RawRows:
         docs, n = self.docs, len(self.docs)
         out = pa.record_batch(
             [
-                pa.array([self.batch] * n, pa.string()),
+                tables.constant_column(self.batch, n),
                 pa.array([d.doc_id for d in docs], pa.string()),
                 pa.array([d.source for d in docs], pa.string()),
                 pa.array([d.text for d in docs], pa.large_string()),
@@ -273,7 +273,7 @@ class _RejectionSpill:
             sources, records, reasons = zip(*self.rows)
             self.writer.write_batch(pa.record_batch(
                 [
-                    pa.array([self.batch] * n, pa.string()),
+                    tables.constant_column(self.batch, n),
                     pa.array(sources, pa.string()),
                     pa.array(records, pa.string()),
                     pa.array(reasons, pa.string()),
