@@ -17,7 +17,6 @@ of ints, which are slow to pickle back from a worker.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import multiprocessing
 import os
@@ -34,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 from tokenizers import Tokenizer
 
-from embedding_assets.lib.chunking import Chunker, chunk_id
+from embedding_assets.lib.chunking import Chunker, chunk_id, text_hash
 from embedding_assets.lib.lake.tables import CHUNKS_SCHEMA, constant_column
 
 T = TypeVar("T")
@@ -238,7 +237,6 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
     ids_list: list = []
     without_tokens: list[str] = []
     refused: list[tuple[str, str]] = []
-    sha256 = hashlib.sha256
     for doc_id, text in zip(doc_ids, texts):
         problem = chunker.size_problem(text)
         if problem is not None:
@@ -248,7 +246,7 @@ def chunk_documents(doc_ids: Sequence[str] | pa.Array | pa.ChunkedArray, texts: 
         for chunk in chunker.iter_split(text):
             found = True
             piece = chunk.text
-            digest = sha256(piece.encode("utf-8")).hexdigest()  # chunking.text_hash
+            digest = text_hash(piece)
             out_doc.append(doc_id)
             out_id.append(chunk_id(doc_id, chunk.chunk_index, digest))
             out_index.append(chunk.chunk_index)

@@ -36,8 +36,8 @@ BUCKET_WIDTH = 16
 SLICE_CHUNKS = 2048  # chunks handed to a worker at a time
 SLICE_TEXT_BYTES = 1 << 20
 READ_CHUNKS = 8192  # chunks rows decoded at a time when their ids are stored
-RUN_ROWS = 65_536
-RUN_BYTES = 16 << 20  # ... or this much of ids and keys (long chunks: a run of a few thousand rows)  # chunks sorted in memory at a time (with their token ids: a few tens of MB)
+RUN_ROWS = 65_536  # chunks sorted in memory at a time (with their token ids: a few tens of MB) ...
+RUN_BYTES = 16 << 20  # ... or this much of ids and keys (long chunks: a run of a few thousand rows)
 
 # What a sorted run holds: the output columns that vary per row, and the row's place in chunks.
 _RUN_SCHEMA = pa.schema([
